@@ -1,0 +1,3 @@
+from focoos_edge.cli import main
+
+raise SystemExit(main())
