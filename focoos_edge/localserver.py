@@ -1,0 +1,451 @@
+"""A Focoos-compatible local inference server running OpenCV's ArUco detector on the CPU.
+
+It speaks the wire format of the Focoos HUB remote-inference API (``/v0/models/...``, ``/v0/user/``)
+so the daemon, the demo, the tests and developers of MQTT consumers can work without a cloud
+account. The "model" finds ArUco markers (dictionary ``DICT_4X4_50``): boxes are exact and
+predictable, so a test can draw markers where it likes (see :func:`draw_markers`) and check the
+boxes that come back. Only the standard library serves HTTP (``ThreadingHTTPServer``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from email import policy
+from email.message import Message
+from email.parser import BytesParser
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import cv2
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 8501
+DEFAULT_MODEL_REF = "local-aruco"
+DEFAULT_THRESHOLD = 0.5
+MAX_BODY_BYTES = 20 * 1024 * 1024
+API_KEY_ENV = "FOCOOS_LOCAL_API_KEY"
+MODEL_IM_SIZE = 640
+NUM_MARKER_IDS = 50  # DICT_4X4_50
+CLASSES = tuple(f"aruco_{i}" for i in range(NUM_MARKER_IDS))
+MODEL_DESCRIPTION = "ArUco DICT_4X4_50 marker detector (OpenCV, CPU)"
+# Idle keep-alive connections (and stalled uploads) are dropped after this, so handler threads end.
+CONNECTION_IDLE_TIMEOUT_S = 60.0
+STOP_JOIN_TIMEOUT_S = 5.0
+
+
+class UploadError(ValueError):
+    """The request body is not a multipart form with an image in a ``file`` part."""
+
+
+@dataclass
+class ServerStats:
+    """Counters of a running :class:`LocalServer`, safe to read from any thread."""
+
+    requests: int = 0
+    inferences: int = 0
+    auth_failures: int = 0
+    connections: int = 0  # accepted TCP connections: keep-alive tests compare it with requests
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def incr(self, name: str, n: int = 1) -> None:
+        """Add ``n`` to the counter ``name``."""
+        with self._lock:
+            setattr(self, name, getattr(self, name) + n)
+
+
+def _aruco_dictionary() -> cv2.aruco.Dictionary:
+    return cv2.aruco.getPredefinedDictionary(cv2.aruco.DICT_4X4_50)
+
+
+def draw_markers(frame: np.ndarray, markers: list[tuple[int, int, int, int]]) -> np.ndarray:
+    """Draw ArUco markers (``DICT_4X4_50``) into ``frame`` in place and return it.
+
+    Each marker is ``(marker_id, x, y, size)``: marker ``marker_id`` drawn ``size`` x ``size``
+    pixels with its top-left corner at ``(x, y)``. A white quiet zone of one module (``size / 6``)
+    is painted around it (clipped to the frame; keep markers that far apart) so it is detectable
+    on any background. The
+    detector reports it at about ``[x, y, x + size - 1, y + size - 1]``, times any resize factor.
+    Raises ``ValueError`` if a marker does not fit in the frame or its id/size is invalid.
+    """
+    dictionary = _aruco_dictionary()
+    height, width = frame.shape[:2]
+    for marker_id, x, y, size in markers:
+        if not 0 <= marker_id < NUM_MARKER_IDS:
+            raise ValueError(f"marker id {marker_id} outside 0..{NUM_MARKER_IDS - 1}")
+        if size < 6:  # 4x4 bits + 1-bit border on each side: smaller cannot be drawn
+            raise ValueError(f"marker size {size} px is below the minimum of 6 px")
+        if x < 0 or y < 0 or x + size > width or y + size > height:
+            raise ValueError(f"marker {marker_id} at ({x}, {y}) size {size} does not fit {width}x{height}")
+        quiet_px = max(1, size // 6)
+        white = 255 if frame.ndim == 2 else (255,) * frame.shape[2]
+        frame[max(0, y - quiet_px):y + size + quiet_px, max(0, x - quiet_px):x + size + quiet_px] = white
+        tile = cv2.aruco.generateImageMarker(dictionary, marker_id, size)
+        frame[y:y + size, x:x + size] = tile if frame.ndim == 2 else tile[:, :, None]
+    return frame
+
+
+def extract_form_file(content_type: str, body: bytes, field_name: str = "file") -> bytes:
+    """Return the content of the ``field_name`` part of a ``multipart/form-data`` body.
+
+    Raises :class:`UploadError` if the body is not multipart or has no such part.
+    """
+    if not content_type.lower().startswith("multipart/form-data"):
+        raise UploadError("expected a multipart/form-data body")
+    head = b"Content-Type: " + content_type.encode("latin-1", "replace") + b"\r\n\r\n"
+    message = BytesParser(policy=policy.HTTP).parsebytes(head + body)
+    if not message.is_multipart():
+        raise UploadError("malformed multipart/form-data body")
+    for part in message.iter_parts():
+        if part.get_param("name", header="content-disposition") == field_name:
+            # decode=True returns the raw bytes whatever the part's declared content type.
+            return part.get_payload(decode=True) or b""
+    raise UploadError(f"missing form field '{field_name}'")
+
+
+def detect_markers(detector: cv2.aruco.ArucoDetector, image: np.ndarray) -> list[dict]:
+    """Run ``detector`` on a BGR or grey image and return Focoos-style detections (no filtering)."""
+    if hasattr(detector, "detectMarkersWithConfidence"):
+        corners, ids, scores, _ = detector.detectMarkersWithConfidence(image)
+    else:  # OpenCV < 4.12 has no per-marker confidence: every decoded marker is certain.
+        corners, ids, _ = detector.detectMarkers(image)
+        scores = None if ids is None else np.ones(len(ids), np.float32)
+    if ids is None:
+        return []
+    detections = []
+    for quad, marker_id, score in zip(corners, ids.flatten(), np.asarray(scores).flatten()):
+        points = quad.reshape(-1, 2)
+        x1, y1 = points.min(axis=0)
+        x2, y2 = points.max(axis=0)
+        detections.append({
+            "bbox": [round(float(v), 1) for v in (x1, y1, x2, y2)],
+            "conf": round(float(score), 4),
+            "cls_id": int(marker_id),
+            "label": CLASSES[int(marker_id)],
+        })
+    return detections
+
+
+def _parse_threshold(query: str) -> float:
+    values = parse_qs(query).get("confidence_threshold")
+    if not values:
+        return DEFAULT_THRESHOLD
+    threshold = float(values[-1])  # ValueError is reported as 422 by the caller
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError("confidence_threshold must be within 0..1")
+    return threshold
+
+
+class LocalServer:
+    """A Focoos-compatible HTTP server on ``host:port`` (port 0 picks a free port).
+
+    ``api_key=None`` accepts any non-blank key. ``latency_s`` delays every inference reply to
+    simulate a cloud round trip. ``models`` are the refs served; all run the ArUco detector.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT, api_key: str | None = None,
+                 latency_s: float = 0.0, models: tuple[str, ...] = (DEFAULT_MODEL_REF,)) -> None:
+        if latency_s < 0:
+            raise ValueError("latency_s must be >= 0")
+        if not models:
+            raise ValueError("at least one model ref is needed")
+        self._host = host
+        self._requested_port = port
+        self._api_key = api_key.encode("utf-8") if api_key else None
+        self._latency_s = latency_s
+        self._models = tuple(models)
+        self._created_at = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        self._stopping = threading.Event()
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._connections: dict[socket.socket, threading.Thread] = {}
+        self._sockets_lock = threading.Lock()
+        self._detectors = threading.local()  # one detector per handler thread: no shared C++ state
+        self.stats = ServerStats()
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        """Bind the socket and serve in a daemon thread. Raises ``OSError`` if binding fails."""
+        if self._httpd is not None:
+            raise RuntimeError("server already started")
+        self._stopping.clear()
+        self._httpd = _HTTPServer((self._host, self._requested_port), self)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1},
+                                        name=f"localserver:{self.port}", daemon=True)
+        self._thread.start()
+        log.debug("local server listening on %s", self.url)
+
+    @property
+    def port(self) -> int:
+        """The bound port (the requested one before :meth:`start`)."""
+        return self._httpd.server_address[1] if self._httpd else self._requested_port
+
+    @property
+    def url(self) -> str:
+        """Base URL including the ``/v0`` prefix, e.g. ``http://127.0.0.1:8501/v0``."""
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"http://{host}:{self.port}/v0"
+
+    def stop(self) -> None:
+        """Stop serving, close every open connection and join the serving thread."""
+        self._stopping.set()  # wakes simulated-latency waits at once
+        httpd, thread = self._httpd, self._thread
+        if httpd is None:
+            return
+        httpd.shutdown()
+        httpd.server_close()
+        with self._sockets_lock:
+            connections = list(self._connections.items())
+        for sock, _ in connections:
+            try:  # wakes handlers blocked reading an idle keep-alive connection
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for _, handler_thread in connections:
+            handler_thread.join(STOP_JOIN_TIMEOUT_S)
+            if handler_thread.is_alive():
+                log.warning("local server handler thread %s did not stop", handler_thread.name)
+        if thread is not None:
+            thread.join()
+        self._httpd = self._thread = None
+
+    def serve_forever(self, stop: threading.Event) -> None:
+        """Serve in the foreground until ``stop`` is set (CLI mode), then stop.
+
+        Starts the server first unless :meth:`start` was already called.
+        """
+        if self._httpd is None:
+            self.start()
+        try:
+            while not stop.wait(0.5):
+                if self._thread is None or not self._thread.is_alive():
+                    raise RuntimeError("local server thread died")
+        finally:
+            self.stop()
+
+    def _connection_opened(self, sock: socket.socket) -> None:
+        self.stats.incr("connections")
+        with self._sockets_lock:
+            self._connections[sock] = threading.current_thread()
+
+    def _connection_closed(self, sock: socket.socket) -> None:
+        with self._sockets_lock:
+            self._connections.pop(sock, None)
+
+    # -- request handling ------------------------------------------------------------------
+    def authorized(self, headers: Message) -> bool:
+        """True if ``headers`` carry an accepted key (``X-API-Key`` or legacy ``Bearer``)."""
+        key = (headers.get("X-API-Key") or "").strip()
+        if not key:
+            scheme, _, token = (headers.get("Authorization") or "").partition(" ")
+            key = token.strip() if scheme.lower() == "bearer" else ""
+        if not key:
+            return False
+        if self._api_key is None:
+            return True
+        return hmac.compare_digest(key.encode("utf-8"), self._api_key)
+
+    def route(self, method: str, target: str, content_type: str, body: bytes) -> tuple[int, object]:
+        """Handle one authorised request; return ``(status, json_payload)``."""
+        parts = urlsplit(target)
+        match [unquote(s) for s in parts.path.strip("/").split("/")]:
+            case ["v0", "models"]:
+                allowed, handler = "GET", self._list_models
+            case ["v0", "user"]:
+                allowed, handler = "GET", self._user
+            case ["v0", "models", ref]:
+                allowed, handler = "GET", lambda: self._model_info(ref)
+            case ["v0", "models", ref, "inference"]:
+                allowed, handler = "POST", lambda: self._inference(ref, parts.query, content_type, body)
+            case _:
+                return 404, {"detail": "Not Found"}
+        return handler() if method == allowed else (405, {"detail": "Method Not Allowed"})
+
+    def _list_models(self) -> tuple[int, list[dict]]:
+        return 200, [{"ref": ref, "name": ref, "task": "detection", "status": "TRAINING_COMPLETED",
+                      "description": MODEL_DESCRIPTION, "focoos_model": ref} for ref in self._models]
+
+    def _model_info(self, ref: str) -> tuple[int, dict]:
+        if ref not in self._models:
+            return 404, {"detail": "Model not found"}
+        return 200, {
+            "ref": ref, "name": ref, "task": "detection", "status": "TRAINING_COMPLETED",
+            "description": MODEL_DESCRIPTION, "classes": list(CLASSES), "im_size": MODEL_IM_SIZE,
+            "is_managed": False, "owner_ref": "local", "focoos_model": ref, "model_family": "opencv_aruco",
+            "created_at": self._created_at, "updated_at": self._created_at,
+        }
+
+    def _user(self) -> tuple[int, dict]:
+        return 200, {"email": "local@localhost",
+                     "quotas": {"total_inferences": self.stats.inferences, "max_inferences": None}}
+
+    def _detector(self) -> cv2.aruco.ArucoDetector:
+        detector = getattr(self._detectors, "detector", None)
+        if detector is None:
+            detector = cv2.aruco.ArucoDetector(_aruco_dictionary(), cv2.aruco.DetectorParameters())
+            self._detectors.detector = detector
+        return detector
+
+    def _inference(self, ref: str, query: str, content_type: str, body: bytes) -> tuple[int, dict]:
+        if ref not in self._models:
+            return 404, {"detail": "Model not found"}
+        try:
+            threshold = _parse_threshold(query)
+            image_bytes = extract_form_file(content_type, body)
+        except ValueError as exc:  # UploadError included
+            return 422, {"detail": str(exc)}
+        started = time.perf_counter()
+        image = _decode_image(image_bytes)
+        if image is None:
+            return 400, {"detail": "Invalid image: cannot decode the uploaded file"}
+        decoded = time.perf_counter()
+        grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        preprocessed = time.perf_counter()
+        found = detect_markers(self._detector(), grey)
+        inferred = time.perf_counter()
+        detections = [d for d in found if d["conf"] > threshold]
+        done = time.perf_counter()
+        self.stats.incr("inferences")
+        if self._latency_s:
+            self._stopping.wait(self._latency_s)
+        return 200, {"detections": detections, "latency": {
+            "imload": round(decoded - started, 6), "preprocess": round(preprocessed - decoded, 6),
+            "inference": round(inferred - preprocessed, 6), "postprocess": round(done - inferred, 6)}}
+
+
+def _decode_image(data: bytes) -> np.ndarray | None:
+    if not data:
+        return None
+    try:
+        return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error:
+        return None
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], app: LocalServer) -> None:
+        self.app = app
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, _Handler)
+
+    def handle_error(self, request: object, client_address: tuple) -> None:
+        # The stdlib prints a traceback to stderr; a client that hung up is routine here.
+        log.debug("local server: error handling a request from %s", client_address, exc_info=True)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: every reply has a Content-Length
+    disable_nagle_algorithm = True  # headers and body are small writes: avoid delayed-ACK stalls
+    timeout = CONNECTION_IDLE_TIMEOUT_S
+    server: _HTTPServer
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.app._connection_opened(self.connection)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.app._connection_closed(self.connection)
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (stdlib signature)
+        # The request line holds no secret (keys travel in headers, which are never logged).
+        log.debug("%s " + format, self.address_string(), *args)
+
+    def do_GET(self) -> None:  # noqa: N802 (stdlib naming)
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._dispatch("POST")
+
+    def _dispatch(self, method: str) -> None:
+        app = self.server.app
+        app.stats.incr("requests")
+        body = self._read_body()
+        if body is None:
+            return
+        if not app.authorized(self.headers):
+            app.stats.incr("auth_failures")
+            self._send_json(401, {"detail": "Invalid API key"})
+            return
+        status, payload = app.route(method, self.path, self.headers.get("Content-Type", ""), body)
+        self._send_json(status, payload)
+
+    def _read_body(self) -> bytes | None:
+        """Read the whole body (so the connection can be reused); reply and return None if refused."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            self._send_json(411, {"detail": "Length Required: chunked bodies are not supported"}, close=True)
+            return None
+        raw_length = self.headers.get("Content-Length", "0").strip() or "0"
+        if not raw_length.isdigit():
+            self._send_json(400, {"detail": "Invalid Content-Length"}, close=True)
+            return None
+        length = int(raw_length)
+        if length > MAX_BODY_BYTES:
+            # The body is left unread, so the connection cannot carry another request.
+            self._send_json(413, {"detail": f"Request body larger than {MAX_BODY_BYTES} bytes"}, close=True)
+            return None
+        body = self.rfile.read(length)
+        if len(body) < length:
+            self.close_connection = True  # client went away mid-upload: nobody to answer
+            return None
+        return body
+
+    def _send_json(self, status: int, payload: object, close: bool = False) -> None:
+        data = json.dumps(payload).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        if close:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``local-server`` subcommand's options to ``parser``."""
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
+                        help=f"port (default {DEFAULT_PORT}; 0 = any free)")
+    parser.add_argument("--api-key", default=None,
+                        help=f"the only key accepted (prefer the {API_KEY_ENV} environment variable: "
+                             "command lines are visible to other users); if unset any non-blank key works")
+    parser.add_argument("--latency-ms", type=float, default=0.0,
+                        help="extra delay before each inference reply, to simulate a cloud round trip")
+
+
+def run_from_args(args: argparse.Namespace, stop_event: threading.Event) -> int:
+    """Run the server from parsed CLI ``args`` until ``stop_event`` is set; return an exit code."""
+    api_key = (args.api_key or os.environ.get(API_KEY_ENV) or "").strip() or None
+    if args.latency_ms < 0:
+        log.error("--latency-ms must be >= 0")
+        return 1
+    server = LocalServer(host=args.host, port=args.port, api_key=api_key, latency_s=args.latency_ms / 1000.0)
+    try:
+        server.start()
+    except (OSError, OverflowError) as exc:  # OverflowError: port outside 0..65535
+        log.error("local server cannot listen on %s:%s: %s", args.host, args.port, exc)
+        return 1
+    if api_key is None:
+        log.warning("no API key configured (--api-key or %s): keys are not checked, any non-blank key is accepted",
+                    API_KEY_ENV)
+    log.info("Focoos-compatible local server listening on %s (model %s)", server.url, DEFAULT_MODEL_REF)
+    server.serve_forever(stop_event)
+    log.info("local server stopped")
+    return 0
