@@ -1,0 +1,253 @@
+"""Camera capture: one thread per camera keeps only the freshest frame and samples at `sample_fps`.
+
+The thread calls `grab()` continuously, so OpenCV/FFmpeg never accumulates a backlog of old frames,
+and converts to BGR (`retrieve()`) only the frames it samples. A dead source is reopened with capped,
+jittered backoff; the state (streaming / reconnecting / offline) goes out through a callback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import cv2
+
+from focoos_edge.backoff import Backoff
+from focoos_edge.encode import FrameJob, JpegEncoder, resize_to_max_side
+from focoos_edge.sources import Source
+
+log = logging.getLogger(__name__)
+
+STREAMING = "streaming"
+RECONNECTING = "reconnecting"
+OFFLINE = "offline"
+
+# FFmpeg reads its capture options from this variable at open time. TCP avoids the UDP packet
+# loss (grey smeared frames) that RTSP over Wi-Fi suffers; users can still override it.
+_FFMPEG_OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
+_FFMPEG_OPTIONS_DEFAULT = "rtsp_transport;tcp"
+
+
+@dataclass(frozen=True)
+class CaptureSettings:
+    """What a camera thread needs from the camera's config."""
+
+    name: str
+    source: Source
+    sample_fps: float
+    max_side: int
+    jpeg_quality: int
+    loop: bool = True
+    open_timeout_s: float = 10.0
+    read_timeout_s: float = 10.0
+    reconnect_initial_s: float = 1.0
+    reconnect_max_s: float = 30.0
+    offline_after_s: float = 60.0  # reconnecting for longer than this is reported as offline
+
+
+class CaptureOpenError(RuntimeError):
+    """The source could not be opened (message is already redacted)."""
+
+
+def open_capture(settings: CaptureSettings) -> cv2.VideoCapture:
+    """Open the source with the FFmpeg backend (V4L2 for USB devices), with open/read timeouts."""
+    src = settings.source
+    os.environ.setdefault(_FFMPEG_OPTIONS_ENV, _FFMPEG_OPTIONS_DEFAULT)
+    params = [
+        cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(settings.open_timeout_s * 1000),
+        cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(settings.read_timeout_s * 1000),
+    ]
+    if src.kind == "usb":
+        cap = cv2.VideoCapture(src.device, cv2.CAP_V4L2)
+        cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
+    else:
+        if src.kind == "file" and not os.path.exists(src.uri):
+            raise CaptureOpenError(f"video file not found: {src.display}")
+        cap = cv2.VideoCapture(src.uri, cv2.CAP_FFMPEG, params)
+    if not cap.isOpened():
+        cap.release()
+        raise CaptureOpenError(f"cannot open {src.display}")
+    return cap
+
+
+class Sampler:
+    """Decides which grabbed frames to keep so that about `fps` frames per second are sampled."""
+
+    def __init__(self, fps: float):
+        self.interval_s = 1.0 / fps
+        self._next = 0.0
+
+    def due(self, now: float) -> bool:
+        """True when a frame grabbed at `now` (monotonic seconds) should be sampled."""
+        if now < self._next:
+            return False
+        # Keep the cadence, but never burst to catch up after a stall.
+        nxt = self._next + self.interval_s
+        self._next = nxt if nxt > now else now + self.interval_s
+        return True
+
+
+@dataclass
+class CameraCounters:
+    """Monotonic counters of one camera (read by the stats loop)."""
+
+    grabbed: int = 0
+    sampled: int = 0
+    grab_failures: int = 0
+    open_failures: int = 0
+    reconnects: int = 0
+    encode_ms_total: float = 0.0
+    recent_grabs: list = field(default_factory=list)  # monotonic times of the last grabs, for fps
+
+
+class CameraWorker(threading.Thread):
+    """Grabs frames from one source until `stop` is set.
+
+    `on_job(FrameJob)` must not block (the uplink queue drops, it never waits);
+    `on_state(camera, state, detail)` is called on every state change.
+    """
+
+    def __init__(self, settings: CaptureSettings, on_job: Callable[[FrameJob], None],
+                 on_state: Callable[[str, str, str | None], None], stop: threading.Event,
+                 opener: Callable[[CaptureSettings], cv2.VideoCapture] = open_capture):
+        super().__init__(name=f"camera-{settings.name}", daemon=True)
+        self.settings = settings
+        self.counters = CameraCounters()
+        self.state = RECONNECTING
+        self.state_since = time.time()
+        self.last_progress = time.monotonic()
+        self._on_job = on_job
+        self._on_state = on_state
+        self._stop_event = stop
+        self._opener = opener
+        self._encoder = JpegEncoder()
+        self._backoff = Backoff(settings.reconnect_initial_s, settings.reconnect_max_s, jitter="equal")
+        self._lock = threading.Lock()
+        self._failing_since: float | None = None  # monotonic time of the first failure in a row
+
+    # -- public, thread-safe --------------------------------------------------
+    def fps(self, window_s: float = 5.0) -> float:
+        """Frames grabbed per second over the last `window_s`."""
+        now = time.monotonic()
+        with self._lock:
+            recent = [t for t in self.counters.recent_grabs if now - t <= window_s]
+        if len(recent) < 2:
+            return 0.0
+        return (len(recent) - 1) / max(recent[-1] - recent[0], 1e-6)
+
+    # -- thread body ------------------------------------------------------------
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            self.last_progress = time.monotonic()
+            try:
+                cap = self._opener(self.settings)
+            except (CaptureOpenError, cv2.error) as exc:
+                self.counters.open_failures += 1
+                self._failing_since = self._failing_since or time.monotonic()
+                self._open_failed(str(exc), self._failing_since)
+                continue
+            try:
+                looped = self._stream(cap)
+            finally:
+                cap.release()
+            if not looped and not self._stop_event.is_set():
+                self.counters.reconnects += 1
+        self._set_state(OFFLINE, "stopped")
+
+    def _open_failed(self, why: str, failing_since: float) -> None:
+        delay = self._backoff.next_delay()
+        long_down = time.monotonic() - failing_since > self.settings.offline_after_s
+        self._set_state(OFFLINE if long_down else RECONNECTING, why)
+        # One line per attempt would flood the journal for a camera that is down for days:
+        # log the first failure and then only when the backoff has reached its cap, once.
+        if self._backoff.attempts == 1:
+            log.warning("camera %s: %s; retrying with backoff up to %.0f s",
+                        self.settings.name, why, self.settings.reconnect_max_s)
+        else:
+            log.debug("camera %s: %s; next attempt in %.1f s", self.settings.name, why, delay)
+        self._stop_event.wait(delay)
+
+    def _stream(self, cap: cv2.VideoCapture) -> bool:
+        """Grab until the stream fails or stop is set; True when a looping file reached its end."""
+        s = self.settings
+        sampler = Sampler(s.sample_fps)
+        pacer = _FilePacer(cap) if s.source.kind == "file" else None
+        first = True
+        while not self._stop_event.is_set():
+            if pacer is not None:
+                pacer.wait(self._stop_event)
+            ok = cap.grab()
+            now_mono = time.monotonic()
+            now_ns = time.time_ns()
+            if not ok:
+                if pacer is not None and s.loop and not first:
+                    log.debug("camera %s: end of file, looping", s.name)
+                    return True  # reopened at once by run()
+                self.counters.grab_failures += 1
+                log.warning("camera %s: stream ended or read timed out; reconnecting", s.name)
+                self._set_state(RECONNECTING, "read failed")
+                self._stop_event.wait(self._backoff.next_delay())
+                return False
+            if first:
+                first = False
+                # Reset only once frames flow: a source that opens but never delivers keeps backing off.
+                self._backoff.reset()
+                self._failing_since = None
+                self._set_state(STREAMING, None)
+                log.info("camera %s: streaming from %s", s.name, s.source.display)
+            self._count_grab(now_mono)
+            if sampler.due(now_mono):
+                self._sample(cap, now_ns, now_mono)
+        return False
+
+    def _count_grab(self, now_mono: float) -> None:
+        self.last_progress = now_mono
+        with self._lock:
+            self.counters.grabbed += 1
+            recent = self.counters.recent_grabs
+            recent.append(now_mono)
+            if len(recent) > 256:
+                del recent[:128]
+
+    def _sample(self, cap: cv2.VideoCapture, captured_ns: int, captured_mono: float) -> None:
+        ok, frame = cap.retrieve()
+        if not ok or frame is None:
+            self.counters.grab_failures += 1
+            return
+        h, w = frame.shape[:2]
+        small, scale = resize_to_max_side(frame, self.settings.max_side)
+        jpeg = self._encoder.encode(small, self.settings.jpeg_quality)
+        done = time.monotonic()
+        self.counters.sampled += 1
+        self.counters.encode_ms_total += (done - captured_mono) * 1000
+        self._on_job(FrameJob(
+            camera=self.settings.name, frame_id=f"{self.settings.name}-{captured_ns}",
+            captured_at_ns=captured_ns, captured_mono=captured_mono, width=w, height=h,
+            scale=scale, jpeg=jpeg, encoded_mono=done,
+        ))
+
+    def _set_state(self, state: str, detail: str | None) -> None:
+        if state == self.state:
+            return
+        self.state = state
+        self.state_since = time.time()
+        self._on_state(self.settings.name, state, detail)
+
+
+class _FilePacer:
+    """Plays a video file at its native frame rate, as a live camera would deliver it."""
+
+    def __init__(self, cap: cv2.VideoCapture):
+        fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+        self.interval_s = 1.0 / fps if 1.0 <= fps <= 240.0 else 0.04
+        self._next = time.monotonic()
+
+    def wait(self, stop: threading.Event) -> None:
+        delay = self._next - time.monotonic()
+        if delay > 0:
+            stop.wait(delay)
+        self._next = max(self._next + self.interval_s, time.monotonic() - self.interval_s)

@@ -1,0 +1,166 @@
+"""Command line: the only place that prints for people and picks exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+
+from focoos_edge import __version__
+
+EX_OK = 0
+EX_FATAL = 1
+EX_CONFIG = 78  # sysexits.h EX_CONFIG: systemd units use it to tell "fix the config" from crashes
+DEFAULT_CONFIG = "/etc/focoos-edge/config.yaml"
+
+log = logging.getLogger("focoos_edge")
+
+
+def install_signal_handlers(stop: threading.Event) -> None:
+    """SIGTERM/SIGINT set `stop`; a second SIGINT exits at once (like uvicorn)."""
+
+    def on_signal(signum, frame):
+        if stop.is_set() and signum == signal.SIGINT:
+            os.write(2, b"second interrupt: exiting now\n")
+            os._exit(EX_FATAL)
+        log.info("received %s, shutting down (Ctrl+C again to force)", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+
+def _load(path: str):
+    """Load the config or print its errors; returns (config, exit code)."""
+    from focoos_edge.config import ConfigError, load_config
+
+    try:
+        return load_config(path), EX_OK
+    except ConfigError as exc:
+        print(f"focoos-edge: invalid config {path}:", file=sys.stderr)
+        for line in exc.errors:
+            print(f"  {line}", file=sys.stderr)
+        return None, EX_CONFIG
+
+
+def cmd_run(args) -> int:
+    config, rc = _load(args.config)
+    if config is None:
+        return rc
+    from focoos_edge.daemon import Daemon
+    from focoos_edge.encode import EncoderUnavailableError
+    from focoos_edge.logs import setup_logging
+
+    setup_logging(args.log_level or config.log_level, config.secrets())
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    try:
+        Daemon(config, stop).run()
+    except EncoderUnavailableError as exc:
+        log.critical("%s", exc)
+        return EX_FATAL
+    return EX_OK
+
+
+def cmd_check_config(args) -> int:
+    config, rc = _load(args.config)
+    if config is None:
+        return rc
+    import yaml
+
+    print(f"# {args.config}: valid (secrets shown as ***)")
+    print(yaml.safe_dump(config.redacted(), sort_keys=False), end="")
+    return EX_OK
+
+
+def cmd_schema(args) -> int:
+    from focoos_edge.config import config_json_schema
+
+    print(json.dumps(config_json_schema(), indent=2))
+    return EX_OK
+
+
+def cmd_probe(args) -> int:
+    config, rc = _load(args.config)
+    if config is None:
+        return rc
+    from focoos_edge.logs import setup_logging
+    from focoos_edge.probe import run_probe
+
+    setup_logging("warning", config.secrets())
+    return run_probe(config, camera=args.camera, out_dir=args.out, print_fn=print)
+
+
+def cmd_local_server(args) -> int:
+    from focoos_edge import localserver
+    from focoos_edge.logs import setup_logging
+
+    setup_logging(args.log_level or "info", [k for k in [args.api_key] if k])
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    return localserver.run_from_args(args, stop)
+
+
+def cmd_demo(args) -> int:
+    from focoos_edge.demo import run_demo
+    from focoos_edge.logs import setup_logging
+
+    setup_logging(args.log_level or "warning")
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    return run_demo(args, stop)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="focoos-edge",
+        description="Edge agent: cameras -> TurboJPEG -> Focoos HUB inference -> MQTT.",
+        epilog="Exit codes: 0 clean stop, 78 bad config, 1 other fatal errors. Docs: README.md.")
+    parser.add_argument("--version", action="version", version=f"focoos-edge {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def with_config(p):
+        p.add_argument("-c", "--config", default=DEFAULT_CONFIG,
+                       help=f"YAML config file (default {DEFAULT_CONFIG})")
+        return p
+
+    p = with_config(sub.add_parser("run", help="run the daemon in the foreground"))
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                   help="override the config's log_level")
+    p.set_defaults(func=cmd_run)
+    p = with_config(sub.add_parser("check-config", help="validate the config and print it, secrets redacted"))
+    p.set_defaults(func=cmd_check_config)
+    p = with_config(sub.add_parser(
+        "probe", help="open each camera (codec, size, fps, one saved JPEG), check the model and the broker"))
+    p.add_argument("--camera", help="probe only this camera")
+    p.add_argument("--out", default=".", help="folder for the saved JPEGs (default: current folder)")
+    p.set_defaults(func=cmd_probe)
+    p = sub.add_parser("local-server", help="a Focoos-compatible inference server with a CPU ArUco detector")
+    from focoos_edge import localserver
+
+    localserver.add_arguments(p)
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_local_server)
+    p = sub.add_parser("demo", help="the whole pipeline on this machine: no camera, no cloud account")
+    p.add_argument("--seconds", type=float, default=0,
+                   help="stop after this many seconds (default: run until Ctrl+C)")
+    p.add_argument("--workdir", help="folder for the demo clip, config and state (default: a temp folder)")
+    p.add_argument("--mqtt-port", type=int, default=0,
+                   help="use the broker on 127.0.0.1:PORT instead of starting one")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("schema", help="print the JSON Schema of the config file")
+    p.set_defaults(func=cmd_schema)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return EX_FATAL

@@ -1,0 +1,216 @@
+"""Wiring and lifecycle of the daemon: cameras -> live queue -> uplink -> MQTT, plus stats."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import Counter
+
+from focoos_edge import __version__
+from focoos_edge.capture import CameraWorker, CaptureSettings
+from focoos_edge.config import Config
+from focoos_edge.encode import FrameJob, JpegEncoder
+from focoos_edge.focoos import FocoosClient, InferenceResult, scale_detections
+from focoos_edge.messages import (
+    Topics,
+    camera_state_payload,
+    detection_dict,
+    detections_payload,
+    filter_labels,
+    inference_state_payload,
+    iso_utc,
+)
+from focoos_edge.publish import MqttSettings, Publisher
+from focoos_edge.systemd import Notifier
+from focoos_edge.uplink import CameraRoute, InferenceHealth, LiveQueue, Uplink
+
+log = logging.getLogger(__name__)
+
+
+def mqtt_settings(config: Config) -> MqttSettings:
+    """Publisher settings from the `mqtt:` section."""
+    m = config.mqtt
+    tls = m.tls
+    return MqttSettings(
+        host=m.host, port=m.port, client_id=m.client_id or f"focoos-edge-{config.device_id}",
+        username=m.username, password=m.password_value,
+        tls=tls is not None,
+        ca_file=str(tls.ca_file) if tls and tls.ca_file else None,
+        cert_file=str(tls.cert_file) if tls and tls.cert_file else None,
+        key_file=str(tls.key_file) if tls and tls.key_file else None,
+        keepalive_s=m.keepalive_s, qos=m.qos,
+    )
+
+
+def capture_settings(cam) -> CaptureSettings:
+    """Capture settings of one `cameras[]` entry."""
+    return CaptureSettings(
+        name=cam.name, source=cam.parsed_source, sample_fps=cam.sample_fps,
+        max_side=cam.max_side, jpeg_quality=cam.jpeg_quality, loop=cam.loop,
+        open_timeout_s=cam.open_timeout_s, read_timeout_s=cam.read_timeout_s,
+    )
+
+
+def _percentile(values, q: float) -> float | None:
+    data = sorted(values)
+    if not data:
+        return None
+    return round(data[min(len(data) - 1, int(q * len(data)))], 1)
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class Daemon:
+    """Runs the pipeline until `stop` is set."""
+
+    def __init__(self, config: Config, stop: threading.Event):
+        self.config = config
+        self.stop = stop
+        self.topics = Topics(config.mqtt.topic_prefix, config.device_id)
+        self.started_mono = time.monotonic()
+        self.published = Counter()
+        self.publisher = Publisher(mqtt_settings(config), self.topics)
+        inf = config.inference
+        self.client = FocoosClient(inf.api_url, inf.api_key_value, timeout_s=inf.timeout_s,
+                                   pool_size=inf.max_in_flight)
+        self.queue = LiveQueue(per_camera=2)
+        self.health = InferenceHealth(self._on_inference_state)
+        self.cameras = {cam.name: cam for cam in config.cameras}
+        routes = {c.name: CameraRoute(threshold=config.threshold_for(c)) for c in config.cameras}
+        self.uplink = Uplink(self.client, inf.model_ref, routes, self.queue, self._on_result, self.health,
+                             stop, max_in_flight=inf.max_in_flight)
+        self.workers = [CameraWorker(capture_settings(c), self._on_job, self._on_camera_state, stop)
+                        for c in config.cameras]
+        self._cpu_mark = (time.monotonic(), sum(os.times()[:2]))
+        self.notifier = Notifier()
+
+    # -- lifecycle --------------------------------------------------------------
+    def run(self) -> None:
+        """Start everything, publish stats until stop is set, then shut down in order."""
+        JpegEncoder()  # fail fast with the install hint, before any thread starts
+        log.info("focoos-edge %s starting: device %s, %d camera(s), model %s at %s", __version__,
+                 self.config.device_id, len(self.workers), self.config.inference.model_ref,
+                 self.config.inference.api_url)
+        self.publisher.start()
+        self.uplink.start()
+        for w in self.workers:
+            self._on_camera_state(w.settings.name, w.state, None)
+            w.start()
+        self.notifier.ready(self.status_line())
+        interval_s = self.config.stats_interval_s
+        while not self.stop.wait(interval_s):
+            self.publisher.publish(self.topics.stats, self.stats(), qos=0)
+            self.notifier.status(self.status_line())
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        """Fixed order: cameras (no new frames) -> uplink (in-flight requests finish) -> MQTT."""
+        log.info("stopping")
+        self.notifier.stopping()
+        for w in self.workers:
+            w.join(timeout=max(w.settings.read_timeout_s, 1.0) + 1.0)
+        self.uplink.join(timeout_s=self.config.inference.timeout_s + 1.0)
+        for _ in range(len(self.queue)):
+            job = self.queue.get(0)
+            if job is not None:
+                self.uplink.counters[job.camera].dropped["shutdown"] += 1
+        self.publisher.publish(self.topics.stats, self.stats(), qos=0)
+        self.publisher.stop()
+        self.client.close()
+        log.info("stopped: %s", self.summary())
+
+    # -- callbacks ------------------------------------------------------------------
+    def _on_job(self, job: FrameJob) -> None:
+        dropped = self.queue.put(job)
+        if dropped is not None:
+            self.uplink.counters[dropped.camera].dropped["superseded"] += 1
+
+    def _on_camera_state(self, camera: str, state: str, detail: str | None) -> None:
+        worker = next((w for w in self.workers if w.settings.name == camera), None)
+        fps = worker.fps() if worker else 0.0
+        self.publisher.set_state(self.topics.camera_state(camera),
+                                 camera_state_payload(state, time.time(), fps, detail))
+
+    def _on_inference_state(self, state: str, detail: str | None) -> None:
+        self.publisher.set_state(self.topics.inference, inference_state_payload(
+            state, time.time(), self.config.inference.model_ref, detail))
+
+    def _on_result(self, job: FrameJob, result: InferenceResult, done_mono: float) -> None:
+        cam = self.cameras[job.camera]
+        scaled = scale_detections(result.detections, job.scale, job.width, job.height)
+        dets = filter_labels(
+            (detection_dict(d.label, d.cls_id, d.conf, d.bbox) for d in scaled),
+            cam.labels, self.config.threshold_for(cam))
+        inference_ms = result.round_trip_s * 1000
+        total_ms = (done_mono - job.captured_mono) * 1000
+        payload = detections_payload(
+            device_id=self.config.device_id, camera=job.camera, frame_id=job.frame_id,
+            captured_at_ns=job.captured_at_ns, published_at_ns=time.time_ns(), replayed=False,
+            model_ref=self.config.inference.model_ref, width=job.width, height=job.height,
+            detections=dets, inference_ms=inference_ms, total_ms=total_ms,
+            queue_ms=max(0.0, total_ms - inference_ms - (job.encoded_mono - job.captured_mono) * 1000),
+        )
+        if self.publisher.publish(self.topics.detections(job.camera), payload):
+            self.published[job.camera] += 1
+
+    # -- stats ------------------------------------------------------------------------
+    def _cpu_percent(self) -> float:
+        now, cpu = time.monotonic(), sum(os.times()[:2])
+        then, cpu_then = self._cpu_mark
+        self._cpu_mark = (now, cpu)
+        return round(100.0 * (cpu - cpu_then) / max(now - then, 1e-6), 1)
+
+    def stats(self) -> dict:
+        """The stats message: per camera and process-wide figures."""
+        cams = {}
+        for w in self.workers:
+            name = w.settings.name
+            up = self.uplink.counters[name]
+            c = w.counters
+            cams[name] = {
+                "state": w.state, "fps": round(w.fps(), 2), "grabbed": c.grabbed, "sampled": c.sampled,
+                "reconnects": c.reconnects, "uploaded": up.uploaded, "bytes_uploaded": up.bytes_uploaded,
+                "results": up.results, "published": self.published[name],
+                "dropped": dict(up.dropped), "errors": dict(up.errors),
+                "inference_ms": {"p50": _percentile(up.round_trips_ms, 0.5),
+                                 "p95": _percentile(up.round_trips_ms, 0.95)},
+            }
+        pc = self.publisher.counters
+        return {
+            "v": 1, "device_id": self.config.device_id, "at": iso_utc(time.time()),
+            "uptime_s": round(time.monotonic() - self.started_mono, 1),
+            "cpu_percent": self._cpu_percent(), "rss_bytes": rss_bytes(),
+            "inference": {"state": self.health.state, "queue_depth": len(self.queue),
+                          "in_flight": self.uplink.busy},
+            "mqtt": {"connected": self.publisher.connected.is_set(), "sent": pc.sent, "acked": pc.acked,
+                     "dropped": pc.dropped_queue_full},
+            "cameras": cams,
+        }
+
+    def status_line(self) -> str:
+        """One short line for `systemctl status`."""
+        streaming = sum(w.state == "streaming" for w in self.workers)
+        published = sum(self.published.values())
+        return (f"{streaming}/{len(self.workers)} cameras streaming, inference {self.health.state}, "
+                f"{published} results published, mqtt "
+                f"{'connected' if self.publisher.connected.is_set() else 'disconnected'}")
+
+    def summary(self) -> str:
+        """One line for people: per camera sampled / published / dropped."""
+        parts = []
+        for w in self.workers:
+            up = self.uplink.counters[w.settings.name]
+            parts.append(f"{w.settings.name}: sampled {w.counters.sampled}, published "
+                         f"{self.published[w.settings.name]}, dropped {sum(up.dropped.values())}")
+        return "; ".join(parts) or "no cameras"
+

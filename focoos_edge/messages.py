@@ -1,0 +1,121 @@
+"""MQTT topics and payloads (pure functions). The contract is in docs/mqtt.md."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+PAYLOAD_VERSION = 1
+
+
+def iso_utc_ns(t_ns: int) -> str:
+    """ISO-8601 UTC with microseconds, e.g. '2026-11-26T19:40:00.123456Z'."""
+    secs, rem_ns = divmod(t_ns, 1_000_000_000)
+    dt = datetime.fromtimestamp(secs, tz=timezone.utc).replace(microsecond=rem_ns // 1000)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def iso_utc(t_s: float) -> str:
+    """ISO-8601 UTC of a `time.time()` value."""
+    return iso_utc_ns(int(t_s * 1_000_000_000))
+
+
+class Topics:
+    """Topic names for one device: `{prefix}/{device_id}/...`."""
+
+    def __init__(self, prefix: str, device_id: str):
+        self.base = f"{prefix}/{device_id}"
+
+    @property
+    def availability(self) -> str:
+        return f"{self.base}/availability"
+
+    @property
+    def stats(self) -> str:
+        return f"{self.base}/stats"
+
+    @property
+    def inference(self) -> str:
+        """Retained state of the inference link (ok, auth_failed, model_not_found, unreachable...)."""
+        return f"{self.base}/inference"
+
+    def detections(self, camera: str) -> str:
+        return f"{self.base}/{camera}/detections"
+
+    def camera_state(self, camera: str) -> str:
+        return f"{self.base}/{camera}/state"
+
+
+def detection_dict(label: str | None, cls_id: int | None, conf: float, bbox: Sequence[float] | None) -> dict:
+    """One entry of the `detections` list."""
+    out: dict[str, Any] = {"label": label, "cls_id": cls_id, "conf": round(float(conf), 4)}
+    out["bbox"] = None if bbox is None else [round(float(v), 1) for v in bbox]
+    return out
+
+
+def filter_labels(detections: Iterable[dict], labels: Sequence[str] | None, threshold: float) -> list[dict]:
+    """Keep detections above `threshold` and, when `labels` is set, only those labels."""
+    wanted = set(labels) if labels else None
+    return [
+        d for d in detections if d["conf"] > threshold and (wanted is None or d["label"] in wanted)
+    ]
+
+
+def detections_payload(
+    *,
+    device_id: str,
+    camera: str,
+    frame_id: str,
+    captured_at_ns: int,
+    published_at_ns: int,
+    replayed: bool,
+    model_ref: str,
+    width: int,
+    height: int,
+    detections: list[dict],
+    inference_ms: float,
+    total_ms: float,
+    queue_ms: float,
+) -> dict:
+    """The v1 detections message (CONTRACT.md)."""
+    return {
+        "v": PAYLOAD_VERSION,
+        "device_id": device_id,
+        "camera": camera,
+        "frame_id": frame_id,
+        "captured_at": iso_utc_ns(captured_at_ns),
+        "published_at": iso_utc_ns(published_at_ns),
+        "replayed": replayed,
+        "model_ref": model_ref,
+        "width": width,
+        "height": height,
+        "detections": detections,
+        "latency_ms": {
+            "inference": round(inference_ms, 1),
+            "queue": round(queue_ms, 1),
+            "total": round(total_ms, 1),
+        },
+    }
+
+
+def camera_state_payload(state: str, since_s: float, fps: float, detail: str | None = None) -> dict:
+    """Retained camera state: streaming / reconnecting / offline."""
+    out: dict[str, Any] = {"state": state, "since": iso_utc(since_s), "fps": round(fps, 2)}
+    if detail:
+        out["detail"] = detail
+    return out
+
+
+def inference_state_payload(state: str, since_s: float, model_ref: str, detail: str | None = None) -> dict:
+    """Retained inference-link state."""
+    out: dict[str, Any] = {"state": state, "since": iso_utc(since_s), "model_ref": model_ref}
+    if detail:
+        out["detail"] = detail
+    return out
+
+
+def dumps(payload: dict) -> bytes:
+    """Compact UTF-8 JSON, the wire form of every JSON message."""
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
