@@ -83,7 +83,7 @@ class Daemon:
         inf = config.inference
         self.client = FocoosClient(inf.api_url, inf.api_key_value, timeout_s=inf.timeout_s,
                                    pool_size=inf.max_in_flight)
-        self.queue = LiveQueue(per_camera=2)
+        self.queue = LiveQueue(per_camera=1)
         self.health = InferenceHealth(self._on_inference_state)
         self.cameras = {cam.name: cam for cam in config.cameras}
         routes = {c.name: CameraRoute(threshold=config.threshold_for(c)) for c in config.cameras}

@@ -37,7 +37,7 @@ MODEL_NOT_READY = "model_not_ready"
 class LiveQueue:
     """Pending frames, at most `per_camera` per camera; the oldest frame of a camera is superseded."""
 
-    def __init__(self, per_camera: int = 2):
+    def __init__(self, per_camera: int = 1):
         self.per_camera = per_camera
         self._jobs: deque[FrameJob] = deque()
         self._cond = threading.Condition()
