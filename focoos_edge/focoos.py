@@ -1,0 +1,539 @@
+"""Focoos HUB remote-inference client.
+
+Speaks the wire format described in focoos-api.md (``X-API-Key`` header, one multipart part named
+``file``), parses replies tolerantly and turns every failure into one typed error, so the uplink's
+retry policy can tell a 503 from a 401 without looking at strings.
+
+Exception tree (each has ``.retryable`` and a short ``.reason`` usable as an MQTT state)::
+
+    FocoosError
+      AuthError               401/403                        auth_failed         not retryable
+      ModelNotFoundError      404                            model_not_found     not retryable
+      RateLimitedError        429 (+ retry_after_s)          rate_limited        retryable
+      TransientError          5xx, 408, network, timeouts    unreachable / server_error / timeout
+      MalformedResponseError  200 with an unusable body      malformed_response  retryable a few times
+      PermanentError          any other non-200              rejected            not retryable
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import email.utils
+import http.client
+import http.cookiejar
+import json
+import logging
+import math
+import socket
+import ssl
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Iterable, Iterator, Mapping
+from urllib.parse import quote, urlsplit
+
+import requests
+import urllib3.exceptions
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from focoos_edge import __version__
+
+log = logging.getLogger(__name__)
+
+READY_STATUSES = frozenset({"TRAINING_COMPLETED", "DEPLOYED"})
+DEFAULT_USER_AGENT = f"focoos-edge/{__version__}"
+# A detection reply is a few KiB; the cap only stops a broken proxy from filling an edge box's RAM.
+MAX_REPLY_BYTES = 8 * 1024 * 1024
+_DETAIL_MAX_CHARS = 200
+
+
+class FocoosError(Exception):
+    """Base of every error raised by :class:`FocoosClient`. Its message never contains the API key."""
+
+    retryable: bool = False
+    reason: str = "error"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
+
+class AuthError(FocoosError):
+    """The API key was rejected (HTTP 401 or 403): retrying will not help until the key changes."""
+
+    reason = "auth_failed"
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ModelNotFoundError(FocoosError):
+    """The model reference is unknown to the server (HTTP 404)."""
+
+    reason = "model_not_found"
+    status = 404
+
+
+class RateLimitedError(FocoosError):
+    """HTTP 429; ``retry_after_s`` is the server's Retry-After in seconds, or None if absent/unparseable."""
+
+    retryable = True
+    reason = "rate_limited"
+    status = 429
+
+    def __init__(self, message: str, *, retry_after_s: float | None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class TransientError(FocoosError):
+    """5xx, 408, network failure or timeout; ``status`` is None when no response arrived."""
+
+    retryable = True
+    reason = "unreachable"
+
+    def __init__(self, message: str, *, status: int | None = None, reason: str | None = None) -> None:
+        super().__init__(message, reason=reason)
+        self.status = status
+
+
+class MalformedResponseError(FocoosError):
+    """HTTP 200 with an unusable body; retry only a few times (a proxy hiccup passes, a bad server not)."""
+
+    retryable = True
+    reason = "malformed_response"
+
+
+class PermanentError(FocoosError):
+    """Any other non-200 reply (400, 422, unexpected redirects...): the request itself is wrong."""
+
+    reason = "rejected"
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One detection; ``bbox`` is ``(x1, y1, x2, y2)`` in pixels, None for classification models."""
+
+    label: str | None
+    cls_id: int | None
+    conf: float
+    bbox: tuple[float, float, float, float] | None
+    has_mask: bool = False
+    keypoints: tuple[tuple[float, ...], ...] | None = None
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    """A parsed inference reply: detections in uploaded-image pixels, server latencies, client round trip."""
+
+    detections: tuple[Detection, ...]
+    server_latency_s: dict[str, float]
+    round_trip_s: float
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What ``GET models/{ref}`` says about a model; ``notes`` lists what had to be assumed."""
+
+    ref: str
+    name: str
+    task: str
+    status: str | None
+    classes: tuple[str, ...]
+    im_size: int | tuple[int, int] | None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def ready(self) -> bool:
+        """True when the model can serve inference; a missing status is assumed ready (see ``notes``)."""
+        return self.status is None or self.status in READY_STATUSES
+
+
+class FocoosClient:
+    """Client for the Focoos HUB inference API.
+
+    One instance is safe to share across the uplink threads: it owns one ``requests.Session`` whose
+    connection pool (``pool_size`` keep-alive connections) is thread-safe, and nothing else in the
+    client is mutated after construction (cookies are refused, so the jar stays empty).
+    Requests are never retried here: retry and backoff belong to the uplink.
+    """
+
+    def __init__(
+        self,
+        api_url: str,
+        api_key: str,
+        timeout_s: float = 10.0,
+        connect_timeout_s: float | None = None,
+        user_agent: str = DEFAULT_USER_AGENT,
+        pool_size: int = 4,
+    ) -> None:
+        key = _check_api_key(api_key)
+        parts = urlsplit(api_url or "")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("inference api_url must be an http:// or https:// URL with a host")
+        if not (timeout_s > 0 and math.isfinite(timeout_s)) or pool_size < 1:
+            raise ValueError("timeout_s must be a positive number and pool_size at least 1")
+        self._api_key = key
+        self._base = api_url.rstrip("/")
+        # host:port without any user:password@ that may sit in the URL.
+        self._peer = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+        self._timeout_s = float(timeout_s)
+        self._connect_timeout_s = float(connect_timeout_s or min(timeout_s, 5.0))
+        self._session = _make_session(key, user_agent, pool_size)
+
+    def __repr__(self) -> str:
+        return f"FocoosClient({self._peer})"
+
+    def __enter__(self) -> FocoosClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self._session.close()
+
+    def model_info(self, model_ref: str) -> ModelInfo:
+        """``GET models/{ref}``; raises a :class:`FocoosError` subclass on any failure."""
+        status, body, headers = self._request("GET", f"models/{_quote_ref(model_ref)}")
+        if status != 200:
+            raise self._status_error(status, body, headers, model_ref)
+        return parse_model_info(body, model_ref)
+
+    def infer(self, model_ref: str, jpeg: bytes, threshold: float) -> InferenceResult:
+        """Upload one JPEG for inference; boxes come back in the uploaded image's pixels."""
+        if not isinstance(jpeg, (bytes, bytearray, memoryview)) or len(jpeg) == 0:
+            raise ValueError("jpeg must be non-empty bytes")
+        path = f"models/{_quote_ref(model_ref)}/inference"
+        params = {"confidence_threshold": format_threshold(threshold)}
+        files = {"file": ("image", bytes(jpeg), "image/jpeg")}
+        started = time.monotonic()
+        status, body, headers = self._request("POST", path, params=params, files=files)
+        round_trip_s = time.monotonic() - started
+        if status != 200:
+            raise self._status_error(status, body, headers, model_ref)
+        return parse_inference(body, round_trip_s)
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> tuple[int, bytes, Mapping[str, str]]:
+        """The one boundary where requests/urllib3 exceptions become typed errors."""
+        started = time.monotonic()
+        try:
+            # Redirects are refused: requests would resend X-API-Key to whatever host a 30x names.
+            resp = self._session.request(
+                method, f"{self._base}/{path}", allow_redirects=False, stream=True,
+                timeout=(self._connect_timeout_s, self._timeout_s), **kwargs,
+            )
+            try:
+                body = _read_body(resp, MAX_REPLY_BYTES)
+            finally:
+                resp.close()  # returns a fully read connection to the pool, drops a partial one
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            error = self._translate(exc)
+            log.debug("%s %s failed after %.3f s: %s", method, path, time.monotonic() - started, error)
+            raise error from None  # the chained exception would only add noise (and the URL)
+        log.debug("%s %s -> %d (%d bytes) in %.3f s", method, path, resp.status_code, len(body),
+                  time.monotonic() - started)
+        return resp.status_code, body, resp.headers
+
+    def _translate(self, exc: BaseException) -> TransientError:
+        """Name the network failure precisely; str(exc) is never used (it may carry proxy URLs)."""
+        chain = list(_exception_chain(exc))
+        for types, template, reason in _NETWORK_FAILURES:  # first match wins: the order matters
+            if any(isinstance(e, types) for e in chain):
+                return TransientError(template.format(peer=self._peer, host=self._peer.rsplit(":", 1)[0],
+                                                      connect_s=self._connect_timeout_s, read_s=self._timeout_s),
+                                      reason=reason)
+        return TransientError(f"request to {self._peer} failed ({type(exc).__name__})")
+
+    def _status_error(self, status: int, body: bytes, headers: Mapping[str, str], model_ref: str) -> FocoosError:
+        detail = _error_detail(body, self._api_key)
+        tail = f": {detail}" if detail else ""
+        if status in (401, 403):
+            return AuthError(f"Focoos API rejected the API key (HTTP {status}){tail}", status=status)
+        if status == 404:
+            return ModelNotFoundError(f"model {model_ref!r} not found (HTTP 404){tail}")
+        if status == 429:
+            retry_after_s = parse_retry_after(headers.get("Retry-After"))
+            wait = f", retry after {retry_after_s:.1f} s" if retry_after_s is not None else ""
+            return RateLimitedError(f"Focoos API rate limit reached (HTTP 429){wait}{tail}",
+                                    retry_after_s=retry_after_s)
+        if status == 408:
+            return TransientError(f"Focoos API timed out the request (HTTP 408){tail}", status=408, reason="timeout")
+        if status >= 500:
+            return TransientError(f"Focoos API server error (HTTP {status}){tail}", status=status,
+                                  reason="server_error")
+        if 300 <= status < 400:
+            return PermanentError(f"Focoos API answered with a redirect (HTTP {status}); "
+                                  "set inference.api_url to the final address", status=status)
+        return PermanentError(f"Focoos API rejected the request (HTTP {status}){tail}", status=status)
+
+
+# (exception types found anywhere in the chain, message template, reason); the first match wins.
+# Only requests' ConnectTimeout means a connect timeout: urllib3's NewConnectionError (refused, DNS,
+# unreachable) subclasses ConnectTimeoutError. Generic timeouts go last: many failures wrap one.
+_NETWORK_FAILURES: tuple[tuple[tuple[type[BaseException], ...], str, str], ...] = (
+    ((requests.ConnectTimeout,), "connection to {peer} timed out after {connect_s} s", "timeout"),
+    ((ssl.SSLError, requests.exceptions.SSLError), "TLS handshake with {peer} failed", "unreachable"),
+    ((urllib3.exceptions.NameResolutionError, socket.gaierror), "cannot resolve host {host!r}", "unreachable"),
+    ((ConnectionRefusedError,), "connection to {peer} refused", "unreachable"),
+    ((ConnectionResetError, ConnectionAbortedError, BrokenPipeError),
+     "connection to {peer} reset by peer", "unreachable"),
+    ((http.client.RemoteDisconnected, http.client.IncompleteRead, requests.exceptions.ChunkedEncodingError),
+     "{peer} closed the connection before a complete reply", "unreachable"),
+    ((requests.exceptions.ProxyError, urllib3.exceptions.ProxyError),
+     "HTTP proxy failed while connecting to {peer}", "unreachable"),
+    ((urllib3.exceptions.NewConnectionError,), "cannot connect to {peer}", "unreachable"),
+    ((requests.ReadTimeout, urllib3.exceptions.ReadTimeoutError, TimeoutError),
+     "Focoos API timed out after {read_s} s", "timeout"),
+)
+
+
+def _check_api_key(api_key: str) -> str:
+    key = (api_key or "").strip()  # keys read from files often end with a newline
+    if not key:
+        raise ValueError("the Focoos API key is blank")
+    if not key.isprintable() or not key.isascii():
+        raise ValueError("the Focoos API key contains control or non-ASCII characters")
+    return key
+
+
+def _no_auth(request: requests.PreparedRequest) -> requests.PreparedRequest:
+    """Session auth hook that does nothing, so a ~/.netrc entry cannot add an Authorization header."""
+    return request
+
+
+def _make_session(api_key: str, user_agent: str, pool_size: int) -> requests.Session:
+    session = requests.Session()
+    # total=0: urllib3 must not retry behind the uplink's back (it would double-count metered inferences).
+    adapter = HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size,
+                          max_retries=Retry(total=0, read=False, redirect=False))
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    session.headers.update({"X-API-Key": api_key, "User-Agent": user_agent, "Accept": "application/json"})
+    session.auth = _no_auth
+    # The API is stateless; refusing cookies keeps the shared session free of cross-thread state.
+    session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+    return session
+
+
+def _read_body(resp: requests.Response, max_bytes: int) -> bytes:
+    chunks, total = [], 0
+    for chunk in resp.iter_content(64 * 1024):
+        total += len(chunk)
+        if total > max_bytes:
+            raise MalformedResponseError(f"malformed reply: larger than {max_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    """Every exception wrapped in ``exc``: requests and urllib3 nest them in args, .reason and causes."""
+    stack, seen = [exc], set()
+    while stack and len(seen) < 64:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        nested = (current.__cause__, current.__context__, getattr(current, "reason", None), *current.args)
+        stack.extend(e for e in nested if isinstance(e, BaseException))
+
+
+def _quote_ref(model_ref: str) -> str:
+    if not isinstance(model_ref, str) or not model_ref.strip():
+        raise ValueError("model_ref must be a non-empty string")
+    return quote(model_ref, safe="")
+
+
+def format_threshold(threshold: float) -> str:
+    """``0.5`` -> ``"0.5"``: a plain decimal (no exponent), as the server's float parser expects."""
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+        raise ValueError("threshold must be a number between 0 and 1")
+    text = f"{float(threshold):.6f}".rstrip("0")
+    return text + "0" if text.endswith(".") else text
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Retry-After as seconds from ``now``: delta-seconds or an HTTP-date; None if absent or unparseable."""
+    if not value or not value.strip():
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value.strip())
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = (when - (now or datetime.now(timezone.utc))).total_seconds()
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+def _error_detail(body: bytes, api_key: str) -> str:
+    """Up to 200 chars of a JSON error body's ``detail``, one line, with the API key blanked out."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        return ""
+    detail = doc.get("detail") if isinstance(doc, dict) else None
+    if detail is None:
+        return ""
+    text = detail if isinstance(detail, str) else json.dumps(detail, separators=(",", ":"))
+    # A server that echoes the key back must not get it into our logs and MQTT states.
+    text = " ".join(text.replace(api_key, "***").split())
+    return text[:_DETAIL_MAX_CHARS]
+
+
+def _malformed(what: str) -> MalformedResponseError:
+    return MalformedResponseError(f"malformed reply: {what}")
+
+
+_KINDS = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+
+
+def _kind(value: object) -> str:
+    return _KINDS.get(type(value), "a number")
+
+
+def _is_number(value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # a JSON integer with hundreds of digits
+        return False
+
+
+def _load_json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise _malformed(f"invalid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    except (ValueError, RecursionError):
+        raise _malformed("invalid JSON (bad encoding or nested too deeply)") from None
+
+
+def parse_inference(body: bytes, round_trip_s: float) -> InferenceResult:
+    """Parse a 200 inference reply; only what cannot be used raises :class:`MalformedResponseError`."""
+    doc = _load_json(body)
+    if not isinstance(doc, dict):
+        raise _malformed(f"top level is {_kind(doc)}, expected an object")
+    if "detections" not in doc:
+        raise _malformed("no 'detections' key")
+    raw = doc["detections"]
+    if not isinstance(raw, list):
+        raise _malformed(f"detections is {_kind(raw)}, expected a list")
+    detections = tuple(_parse_detection(item, f"detections[{i}]") for i, item in enumerate(raw))
+    return InferenceResult(detections, _parse_latency(doc.get("latency")), round_trip_s)
+
+
+def _parse_detection(raw: object, where: str) -> Detection:
+    if not isinstance(raw, dict):
+        raise _malformed(f"{where} is {_kind(raw)}, expected an object")
+    conf = raw.get("conf")
+    if not _is_number(conf):
+        raise _malformed(f"{where}.conf is not a number")
+    bbox = raw.get("bbox")
+    if bbox is not None:
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+            raise _malformed(f"{where}.bbox is not 4 numbers")
+        bbox = tuple(float(v) for v in bbox)
+    label = raw.get("label")
+    cls_id = raw.get("cls_id")
+    if _is_number(cls_id) and float(cls_id).is_integer():
+        cls_id = int(cls_id)
+    else:
+        cls_id = None
+    return Detection(label=label if isinstance(label, str) else None, cls_id=cls_id, conf=float(conf),
+                     bbox=bbox, has_mask=bool(raw.get("mask")),
+                     keypoints=_parse_keypoints(raw.get("keypoints"), where))
+
+
+def _parse_keypoints(raw: object, where: str) -> tuple[tuple[float, ...], ...] | None:
+    if raw is None:
+        return None
+    if isinstance(raw, list) and all(
+        isinstance(p, list) and len(p) >= 2 and all(_is_number(v) for v in p) for p in raw
+    ):
+        return tuple(tuple(float(v) for v in p) for p in raw)
+    log.debug("ignoring unusable %s.keypoints", where)  # optional data: not worth rejecting the frame
+    return None
+
+
+def _parse_latency(raw: object) -> dict[str, float]:
+    if not isinstance(raw, dict):
+        return {}
+    return {str(k): float(v) for k, v in raw.items() if _is_number(v)}
+
+
+def parse_model_info(body: bytes, model_ref: str) -> ModelInfo:
+    """Parse ``GET models/{ref}``; missing fields get defaults that ``notes`` records."""
+    doc = _load_json(body)
+    if not isinstance(doc, dict):
+        raise _malformed(f"top level is {_kind(doc)}, expected an object")
+    notes = []
+    status = doc.get("status")
+    if not isinstance(status, str) or not status:
+        status = None
+        notes.append("the reply has no model status; assuming the model is ready")
+    classes = doc.get("classes")
+    if isinstance(classes, list) and all(isinstance(c, str) for c in classes):
+        classes = tuple(classes)
+    else:
+        classes = ()
+        notes.append("the reply has no usable class list")
+    def text(key: str, default: str) -> str:
+        return doc[key] if isinstance(doc.get(key), str) and doc[key] else default
+
+    ref = text("ref", model_ref)
+    return ModelInfo(ref=ref, name=text("name", ref), task=text("task", "unknown"), status=status, classes=classes,
+                     im_size=_parse_im_size(doc.get("im_size")), notes=tuple(notes))
+
+
+def _parse_im_size(raw: object) -> int | tuple[int, int] | None:
+    def is_int(v: object) -> bool:
+        return _is_number(v) and float(v).is_integer() and float(v) > 0
+
+    if is_int(raw):
+        return int(raw)
+    if isinstance(raw, list) and len(raw) == 2 and all(is_int(v) for v in raw):
+        return int(raw[0]), int(raw[1])
+    return None
+
+
+def scale_detections(dets: Iterable[Detection], scale: float, width: int, height: int) -> tuple[Detection, ...]:
+    """Map boxes (and keypoints) from uploaded-image pixels back to original-frame pixels.
+
+    ``scale`` is uploaded size / original size, so coordinates are divided by it, then clipped to
+    ``[0, width] x [0, height]`` and rounded to 1 decimal. Detections without a box pass unchanged.
+    """
+    if isinstance(scale, bool) or not (math.isfinite(scale) and scale > 0):
+        raise ValueError("scale must be a positive finite number")
+
+    def x(v: float) -> float:
+        return _clip(v / scale, width)
+
+    def y(v: float) -> float:
+        return _clip(v / scale, height)
+
+    out = []
+    for det in dets:
+        bbox = None if det.bbox is None else (x(det.bbox[0]), y(det.bbox[1]), x(det.bbox[2]), y(det.bbox[3]))
+        keypoints = None if det.keypoints is None else tuple(
+            (x(p[0]), y(p[1]), *p[2:]) for p in det.keypoints
+        )
+        out.append(dataclasses.replace(det, bbox=bbox, keypoints=keypoints))
+    return tuple(out)
+
+
+def _clip(value: float, upper: float) -> float:
+    return round(min(max(value, 0.0), float(upper)), 1) + 0.0  # + 0.0 turns -0.0 into 0.0
