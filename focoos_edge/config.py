@@ -276,6 +276,9 @@ class SpoolConfig(_Model):
         ByteSize(256 * MIB), description="Disk budget, e.g. 256MiB or 1GB (minimum 1 MiB)."
     )
     max_age_s: float = Field(86400, gt=0, description="Spooled items older than this are dropped.")
+    outbox_max_bytes: SpoolBytes | None = Field(
+        None, description="Share of max_bytes reserved for MQTT messages waiting for the broker "
+                          "(default: a quarter); frames are evicted before messages.")
 
 
 class CameraConfig(_Model):

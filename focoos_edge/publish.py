@@ -2,6 +2,11 @@
 
 Availability is a retained `online`/`offline` with a last will; retained states are remembered and
 re-published on every (re)connect, so a broker that restarted without persistence still shows them.
+
+Durable messages (detections) never live only in paho's memory: they are committed to the spool's
+outbox first, and an outbox pump publishes them while connected, keeping at most `window` of them
+in flight, and deletes each row only on its own PUBACK. After a disconnect every unacknowledged row
+is sent again, so a broker outage loses nothing and duplicates stay within the in-flight window.
 """
 
 from __future__ import annotations
@@ -9,12 +14,15 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
+import time
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
 
 from focoos_edge.messages import Topics, dumps
+from focoos_edge.spool import Spool, SpoolError
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +55,7 @@ class PublishCounters:
     sent: int = 0
     acked: int = 0
     dropped_queue_full: int = 0
+    resent: int = 0  # outbox messages sent again after a disconnect
     connects: int = 0
     connect_failures: int = 0
 
@@ -61,17 +70,27 @@ def tls_context(s: MqttSettings) -> ssl.SSLContext:
 
 
 class Publisher:
-    """A paho client running its own network thread, reconnecting on its own."""
+    """A paho client running its own network thread, reconnecting on its own, plus the outbox pump."""
 
-    def __init__(self, settings: MqttSettings, topics: Topics):
+    def __init__(self, settings: MqttSettings, topics: Topics, outbox: Spool, window: int = 50):
         self.settings = settings
         self.topics = topics
+        self.outbox = outbox
+        self.window = window
         self.counters = PublishCounters()
+        self.delivered: Counter = Counter()  # camera -> outbox messages acknowledged by the broker
         self.connected = threading.Event()
         self.last_error: str | None = None
         self._stopping = False
         self._retained: dict[str, bytes] = {}
         self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._acks: deque[int] = deque()  # mids acknowledged, filled by paho's thread
+        self._in_flight: dict[int, int] = {}  # mid -> outbox row id (pump thread only)
+        self._last_sent = 0  # highest outbox row id published on this connection
+        self._epoch = 0  # bumped on every disconnect: the pump then resends from the start
+        self._pump_epoch = 0
+        self._pump: threading.Thread | None = None
         self._client = self._make_client()
 
     def _make_client(self) -> mqtt.Client:
@@ -94,15 +113,26 @@ class Publisher:
         return client
 
     # -- lifecycle --------------------------------------------------------------
-    def start(self) -> None:
-        """Connect in the background; an unreachable broker is retried for ever."""
+    def start(self, stop: threading.Event) -> None:
+        """Connect in the background (an unreachable broker is retried for ever) and start the pump."""
         log.info("MQTT: connecting to %s:%d as %s", self.settings.host, self.settings.port,
                  self.settings.client_id)
         self._client.connect_async(self.settings.host, self.settings.port, self.settings.keepalive_s)
         self._client.loop_start()
+        self._pump = threading.Thread(target=self._pump_loop, args=(stop,), name="mqtt-outbox", daemon=True)
+        self._pump.start()
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        """Publish `offline` (waiting for its ack up to `timeout_s` when connected) and disconnect."""
+        """Flush the outbox for up to `timeout_s` while connected, publish `offline`, disconnect.
+
+        Call after the pump's stop event is set; what is not acknowledged stays in the outbox.
+        """
+        if self._pump is not None:
+            self._pump.join(timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while self.connected.is_set() and time.monotonic() < deadline and self._pump_step():
+            self._wake.wait(0.05)
+            self._wake.clear()
         self._stopping = True
         if self.connected.is_set():
             info = self._client.publish(self.topics.availability, OFFLINE, qos=1, retain=True)
@@ -129,6 +159,12 @@ class Publisher:
             return False
         self.counters.sent += 1
         return True
+
+    def publish_durable(self, camera: str, topic: str, payload: dict, done_frame: int | None = None) -> None:
+        """Commit a message to the outbox (with `done_frame` deleted in the same transaction); the
+        pump publishes it. Raises SpoolError when it cannot be stored."""
+        self.outbox.put_message(camera, topic, dumps(payload), self.settings.qos, False, done_frame)
+        self._wake.set()
 
     def set_state(self, topic: str, payload: dict) -> None:
         """Publish a retained state, remembered for re-publication after a reconnect."""
@@ -157,11 +193,52 @@ class Publisher:
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         was_connected = self.connected.is_set()
         self.connected.clear()
+        self._epoch += 1
+        self._wake.set()
         if was_connected and not self._stopping:
             log.warning("MQTT: disconnected (%s); reconnecting", reason_code)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         self.counters.acked += 1
+        self._acks.append(mid)  # resolved by the pump: taking its lock here could deadlock with paho's
+        self._wake.set()
+
+    # -- outbox pump (its own thread) ---------------------------------------------------
+    def _pump_loop(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            self._wake.wait(0.5)
+            self._wake.clear()
+            try:
+                self._pump_step()
+            except SpoolError as exc:
+                log.error("MQTT outbox: %s", exc)
+                stop.wait(1.0)
+
+    def _pump_step(self) -> bool:
+        """Delete acknowledged rows, then publish more while connected; True while work remains."""
+        acked = []
+        while self._acks:
+            row = self._in_flight.pop(self._acks.popleft(), None)
+            if row is not None:
+                acked.append(row)
+        if acked:
+            self.delivered.update(self.outbox.delete_messages(acked))
+        if self._pump_epoch != self._epoch:  # reconnected: everything unacknowledged goes again
+            self._pump_epoch = self._epoch
+            self.counters.resent += len(self._in_flight)
+            self._in_flight.clear()
+            self._last_sent = 0
+        if not self.connected.is_set():
+            return bool(self._in_flight)
+        room = self.window - len(self._in_flight)
+        for msg in self.outbox.peek_messages(self._last_sent, room) if room > 0 else []:
+            info = self._client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain)
+            if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+                break
+            self._in_flight[info.mid] = msg.row_id
+            self._last_sent = msg.row_id
+            self.counters.sent += 1
+        return bool(self._in_flight)
 
     def _note_error(self, message: str) -> None:
         # Log a failure once per distinct reason, not on every retry.

@@ -1,9 +1,10 @@
 """Inference uplink: `max_in_flight` workers send sampled frames to the Focoos API.
 
-Freshness first: the live queue keeps at most `per_camera` pending frames per camera and drops the
-oldest (counted) when a newer one arrives, so a slow uplink never makes the daemon send stale frames.
-A circuit breaker stops hammering an API that is down; an auth or unknown-model error pauses uploads
-(one probe per interval) instead of retrying in a loop.
+Freshness first: the live queue keeps at most `per_camera` pending frames per camera; when a newer
+one arrives the older one moves to the on-disk spool, so a slow uplink never makes the daemon send
+stale frames live, and loses none. A circuit breaker stops hammering an API that is down; an auth or
+unknown-model error pauses uploads (one probe per interval) instead of retrying in a loop. Frames
+that cannot be sent now wait in the spool and are replayed, oldest first, with spare capacity.
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from focoos_edge.backoff import Backoff
 from focoos_edge.encode import FrameJob
+from focoos_edge.spool import Spool, SpooledFrame, SpoolError
 from focoos_edge.focoos import (
     AuthError,
     FocoosClient,
@@ -64,6 +66,11 @@ class LiveQueue:
     def __len__(self) -> int:
         with self._cond:
             return len(self._jobs)
+
+    def count(self, camera: str) -> int:
+        """Pending frames of one camera."""
+        with self._cond:
+            return sum(j.camera == camera for j in self._jobs)
 
 
 class CircuitBreaker:
@@ -117,14 +124,23 @@ class CameraRoute:
     threshold: float
 
 
+@dataclass(frozen=True)
+class Delivery:
+    """How a result's frame travelled: `replayed` when it waited in the spool (row `frame_row`)."""
+
+    replayed: bool
+    frame_row: int | None
+
+
 @dataclass
 class UplinkCounters:
-    """Per-camera counters; `dropped` by reason, `errors` by error reason."""
+    """Per-camera counters; `dead_lettered` and `errors` by reason."""
 
     uploaded: int = 0
     bytes_uploaded: int = 0
     results: int = 0
-    dropped: Counter = field(default_factory=Counter)
+    spooled: int = 0  # live frames that went to the spool (uplink busy, unreachable or paused)
+    dead_lettered: Counter = field(default_factory=Counter)
     errors: Counter = field(default_factory=Counter)
     round_trips_ms: deque = field(default_factory=lambda: deque(maxlen=256))
 
@@ -152,20 +168,27 @@ class InferenceHealth:
 
 
 class Uplink:
-    """Worker threads that turn FrameJobs into InferenceResults, handed to `on_result`."""
+    """Worker threads that turn frames into InferenceResults, handed to `on_result`.
+
+    Live frames come first; workers with nothing live to do drain the spool's backlog (at most
+    `max_in_flight - 1` of them, so one is always free for live frames). A frame that cannot be
+    sent now (API unreachable, rate-limited, uploads paused) goes to the spool, never away.
+    """
 
     def __init__(self, client: FocoosClient, model_ref: str, routes: dict[str, CameraRoute],
-                 queue: LiveQueue, on_result: Callable[[FrameJob, InferenceResult, float], None],
-                 health: InferenceHealth, stop: threading.Event, max_in_flight: int = 4,
-                 max_attempts: int = 3, probe_interval_s: float = 60.0):
+                 queue: LiveQueue, spool: Spool, on_result: Callable[[FrameJob, InferenceResult, Delivery], None],
+                 health: InferenceHealth, stop: threading.Event, default_route: CameraRoute,
+                 max_in_flight: int = 4, max_attempts: int = 3, probe_interval_s: float = 60.0):
         self.client = client
+        self.default_route = default_route
         self.model_ref = model_ref
         self.routes = routes
         self.queue = queue
+        self.spool = spool
         self.health = health
-        self.counters = {name: UplinkCounters() for name in routes}
+        self.counters: defaultdict[str, UplinkCounters] = defaultdict(UplinkCounters)
+        self.in_flight: Counter = Counter()  # camera -> frames being processed now
         self.model_info = None
-        self.busy = 0
         self.last_progress = time.monotonic()
         self._on_result = on_result
         self._stop = stop
@@ -176,9 +199,16 @@ class Uplink:
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
 
+    @property
+    def busy(self) -> int:
+        with self._lock:
+            return sum(self.in_flight.values())
+
     def start(self) -> None:
         self._threads = [threading.Thread(target=self._probe_loop, name="uplink-probe", daemon=True)]
-        self._threads += [threading.Thread(target=self._worker, name=f"uplink-{i}", daemon=True)
+        backlog_workers = max(1, self._max_in_flight - 1)
+        self._threads += [threading.Thread(target=self._worker, args=(i < backlog_workers,),
+                                           name=f"uplink-{i}", daemon=True)
                           for i in range(self._max_in_flight)]
         for t in self._threads:
             t.start()
@@ -201,10 +231,7 @@ class Uplink:
                 backoff.reset()
             except FocoosError as exc:
                 self._note_error(None, exc)
-                if exc.retryable:
-                    self._stop.wait(backoff.next_delay())
-                else:
-                    self._stop.wait(self._probe_interval_s)
+                self._stop.wait(backoff.next_delay() if exc.retryable else self._probe_interval_s)
 
     def _check_model(self) -> None:
         info = self.client.model_info(self.model_ref)
@@ -219,66 +246,89 @@ class Uplink:
             self.health.set(MODEL_NOT_READY, f"status {info.status}")
 
     # -- workers ------------------------------------------------------------------
-    def _worker(self) -> None:
+    def _worker(self, may_drain_backlog: bool) -> None:
         while not self._stop.is_set():
-            job = self.queue.get(timeout_s=0.5)
             self.last_progress = time.monotonic()
-            if job is None:
-                continue
-            with self._lock:
-                self.busy += 1
-            try:
-                self.process(job)
-            finally:
-                with self._lock:
-                    self.busy -= 1
-                self.last_progress = time.monotonic()
+            job = self.queue.get(timeout_s=0.1 if may_drain_backlog else 0.5)
+            if job is not None:
+                self._run(job, None)
+            elif may_drain_backlog and self._backlog_allowed():
+                spooled = self.spool.take_frame()
+                if spooled is not None:
+                    self._run(spooled.job, spooled)
 
-    def process(self, job: FrameJob) -> None:
-        """Send one frame, retrying transient errors a few times; every outcome is counted."""
+    def _backlog_allowed(self) -> bool:
+        return not self.health.paused.is_set() and not self._breaker.is_open
+
+    def _run(self, job: FrameJob, spooled: SpooledFrame | None) -> None:
+        with self._lock:
+            self.in_flight[job.camera] += 1
+        try:
+            self.process(job, spooled)
+        finally:
+            with self._lock:
+                self.in_flight[job.camera] -= 1
+            self.last_progress = time.monotonic()
+
+    def process(self, job: FrameJob, spooled: SpooledFrame | None = None) -> None:
+        """Send one frame, retrying transient errors a few times; every outcome is accounted for:
+        a result, back to the spool, or dead-lettered (counted)."""
         counters = self.counters[job.camera]
-        if self.health.paused.is_set():
-            counters.dropped["uploads_paused"] += 1
-            return
+        attempts = spooled.attempts if spooled else 0
         backoff = Backoff(0.25, 2.0, jitter="full")
-        last_reason = "retries_exhausted"
-        for _ in range(self._max_attempts):
-            if self._stop.is_set():
-                counters.dropped["shutdown"] += 1
-                return
-            if not self._breaker.allow():
-                counters.dropped["inference_unreachable"] += 1
-                return
+        while True:
+            if self._stop.is_set() or self.health.paused.is_set() or not self._breaker.allow():
+                return self._defer(job, spooled, attempted=False)
             try:
                 result = self._send(job, counters)
             except (AuthError, ModelNotFoundError) as exc:
                 self._note_error(job.camera, exc)
-                counters.dropped["uploads_paused"] += 1
-                return
+                return self._defer(job, spooled, attempted=False)
             except FocoosError as exc:
                 self._note_error(job.camera, exc)
+                attempts += 1
                 malformed = isinstance(exc, MalformedResponseError)
-                last_reason = "malformed_response" if malformed else "retries_exhausted"
-                if not exc.retryable and not malformed:
-                    counters.dropped["rejected"] += 1
-                    return
-                retry_after = exc.retry_after_s if isinstance(exc, RateLimitedError) else None
+                if (not exc.retryable and not malformed) or (malformed and attempts >= self._max_attempts):
+                    # A reply that stays malformed, or a request the API rejects (400/422), would
+                    # fail for ever: dead-letter the frame instead of looping.
+                    return self._dead_letter(job, spooled, exc.reason)
                 if not malformed:
-                    self._breaker.failure(retry_after)
+                    self._breaker.failure(exc.retry_after_s if isinstance(exc, RateLimitedError) else None)
+                if spooled or attempts >= self._max_attempts:
+                    return self._defer(job, spooled, attempted=True)
                 self._stop.wait(backoff.next_delay())
                 continue
             self._breaker.success()
             self.health.set(OK)
             counters.results += 1
-            self._on_result(job, result, time.monotonic())
+            delivery = Delivery(replayed=spooled is not None, frame_row=spooled.row_id if spooled else None)
+            self._on_result(job, result, delivery)
+            return None
+
+    def _defer(self, job: FrameJob, spooled: SpooledFrame | None, attempted: bool) -> None:
+        """Keep the frame for later: back into the spool (or stay there)."""
+        counters = self.counters[job.camera]
+        if spooled is not None:
+            self.spool.release_frame(spooled.row_id, attempted)
             return
-        # A reply that stays malformed is dead-lettered (counted), never retried for ever.
-        counters.dropped[last_reason] += 1
+        try:
+            self.spool.put_frame(job)
+            counters.spooled += 1
+        except SpoolError as exc:
+            counters.dead_lettered["spool_error"] += 1
+            log.error("camera %s: frame %s lost: %s", job.camera, job.frame_id, exc)
+
+    def _dead_letter(self, job: FrameJob, spooled: SpooledFrame | None, reason: str) -> None:
+        self.counters[job.camera].dead_lettered[reason] += 1
+        log.warning("camera %s: frame %s dead-lettered (%s)", job.camera, job.frame_id, reason)
+        if spooled is not None:
+            self.spool.drop_frame(spooled.row_id, f"dead_letter_{reason}")
 
     def _send(self, job: FrameJob, counters: UplinkCounters) -> InferenceResult:
         counters.uploaded += 1
         counters.bytes_uploaded += len(job.jpeg)
-        result = self.client.infer(self.model_ref, job.jpeg, self.routes[job.camera].threshold)
+        route = self.routes.get(job.camera, self.default_route)  # spooled before a config change
+        result = self.client.infer(self.model_ref, job.jpeg, route.threshold)
         counters.round_trips_ms.append(result.round_trip_s * 1000)
         return result
 

@@ -1,0 +1,444 @@
+"""The on-disk spool: frames waiting for inference and MQTT messages waiting for their PUBACK.
+
+One SQLite database in WAL mode (`state_dir/spool.db`), two tables with byte budgets:
+- `frames`: sampled JPEGs with their metadata, kept until a 2xx inference reply parsed;
+- `outbox`: QoS >= 1 messages, kept until the broker acknowledged them.
+
+Guarantees (see docs/reliability.md):
+- "handed over" means committed: `put_*` returns only after the transaction committed with
+  `synchronous=FULL` (the WAL is fsynced on every commit, so it survives power loss on storage that
+  honours flushes, and `kill -9` always);
+- a result replaces its frame atomically: the outbox row is inserted and the frame row deleted in one
+  transaction, so a crash leaves one or the other, never neither;
+- every byte budget has a policy and a counter: oldest frames are evicted first, messages only when
+  their own budget is full, and each eviction is counted per camera and reason;
+- the files on disk stay within `max_bytes`: `max_page_count` caps the database file, and the WAL is
+  checkpointed and truncated at a fixed size.
+Rows carry a CRC32 of their blob; a row that fails it is deleted and counted as corrupt. A database
+SQLite cannot open or check is moved aside at start, never crash-looped on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+import zlib
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from focoos_edge.encode import FrameJob
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+PAGE_SIZE = 4096
+# Share of the database pages the payload budget may fill: B-tree pages, row headers and free-list
+# slack need the rest (measured: 50 KiB blobs use ~1.02 pages per 4 KiB of payload).
+PAYLOAD_SHARE = 0.85
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS frames (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    frame_id TEXT NOT NULL UNIQUE,
+    camera TEXT NOT NULL,
+    captured_at_ns INTEGER NOT NULL,
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    scale REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    bytes INTEGER NOT NULL,
+    crc32 INTEGER NOT NULL,
+    jpeg BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    camera TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    qos INTEGER NOT NULL,
+    retain INTEGER NOT NULL,
+    created_at_ns INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    crc32 INTEGER NOT NULL,
+    payload BLOB NOT NULL
+);
+"""
+
+
+class SpoolError(RuntimeError):
+    """An item could not be stored (disk full even after evicting, or an I/O error)."""
+
+
+@dataclass(frozen=True)
+class SpooledFrame:
+    """A frame taken from the spool for an inference attempt."""
+
+    row_id: int
+    job: FrameJob
+    attempts: int
+
+
+@dataclass(frozen=True)
+class OutboxMessage:
+    """A message waiting for its PUBACK."""
+
+    row_id: int
+    camera: str
+    topic: str
+    qos: int
+    retain: bool
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Byte limits derived from `max_bytes` (the whole on-disk footprint)."""
+
+    max_bytes: int
+    wal_bytes: int
+    max_pages: int
+    payload_bytes: int
+    outbox_bytes: int
+
+    @classmethod
+    def derive(cls, max_bytes: int, outbox_max_bytes: int | None = None) -> Budget:
+        # The WAL is truncated back to this size after each checkpoint; it also serves as the
+        # headroom that lets deletes proceed on a full filesystem.
+        wal = max(64 * 1024, min(4 * 1024 * 1024, max_bytes // 8))
+        shm = 32 * 1024
+        pages = max(16, (max_bytes - wal - shm) // PAGE_SIZE)
+        payload = int(pages * PAGE_SIZE * PAYLOAD_SHARE)
+        outbox = min(outbox_max_bytes or payload // 4, payload // 2)
+        return cls(max_bytes, wal, pages, payload, outbox)
+
+
+def _crc(data: bytes) -> int:
+    return zlib.crc32(data) & 0xFFFFFFFF
+
+
+class Spool:
+    """Thread-safe: one connection behind a lock (writes are serialised by SQLite anyway)."""
+
+    def __init__(self, path: str | os.PathLike, max_bytes: int, max_age_s: float,
+                 outbox_max_bytes: int | None = None, clock_ns=time.time_ns):
+        self.path = Path(path)
+        self.budget = Budget.derive(self._fit_to_disk(max_bytes), outbox_max_bytes)
+        self.max_age_ns = int(max_age_s * 1e9)
+        self.evicted: Counter = Counter()  # (camera, reason) -> frames or messages removed unsent
+        self.quarantined: list[str] = []
+        self._clock_ns = clock_ns
+        self._lock = threading.RLock()
+        self._leased: set[int] = set()
+        self._frame_bytes = 0
+        self._outbox_bytes = 0
+        self.disk_full = False
+        self._db = self._open()
+
+    def _fit_to_disk(self, max_bytes: int) -> int:
+        """At most half the free space (plus what the spool already holds): the card is shared."""
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        st = os.statvfs(self.path.parent)
+        allowed = st.f_bavail * st.f_frsize // 2 + self.disk_bytes()
+        if allowed < max_bytes:
+            log.warning("spool: budget lowered from %d to %d bytes (half the free space of %s)",
+                        max_bytes, allowed, self.path.parent)
+            return max(allowed, 1024 * 1024)
+        return max_bytes
+
+    # -- opening and recovery --------------------------------------------------------------
+    def _open(self) -> sqlite3.Connection:
+        try:
+            db = self._connect()
+        except sqlite3.DatabaseError as exc:
+            self._quarantine(f"cannot be opened ({exc})")
+            db = self._connect()
+        self._frame_bytes = db.execute("SELECT COALESCE(SUM(bytes), 0) FROM frames").fetchone()[0]
+        self._outbox_bytes = db.execute("SELECT COALESCE(SUM(bytes), 0) FROM outbox").fetchone()[0]
+        return db
+
+    def _connect(self) -> sqlite3.Connection:
+        old_umask = os.umask(0o077)  # the database, WAL and shm files are private (0600)
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10)
+        finally:
+            os.umask(old_umask)
+        try:
+            self._configure(db)
+            check = db.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError(f"quick_check: {check}")
+            db.executescript(_SCHEMA)
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+        return db
+
+    def _configure(self, db: sqlite3.Connection) -> None:
+        b = self.budget
+        db.execute(f"PRAGMA page_size={PAGE_SIZE}")  # only effective on a new database
+        db.execute("PRAGMA journal_mode=WAL")  # readers never block the writer; one fsync per commit
+        db.execute("PRAGMA synchronous=FULL")  # a committed put survives power loss, not only crashes
+        db.execute(f"PRAGMA max_page_count={b.max_pages}")  # hard cap on the database file
+        db.execute(f"PRAGMA wal_autocheckpoint={max(16, b.wal_bytes // PAGE_SIZE // 2)}")
+        db.execute(f"PRAGMA journal_size_limit={b.wal_bytes}")  # truncate the WAL after checkpoints
+        db.execute("PRAGMA temp_store=MEMORY")
+        db.execute("PRAGMA secure_delete=OFF")  # no zero-fill: fewer writes on SD cards
+
+    def _quarantine(self, why: str) -> None:
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(f"{self.path}{suffix}")
+            if src.exists():
+                dst = Path(f"{self.path}.corrupt-{stamp}{suffix}")
+                src.rename(dst)
+                self.quarantined.append(str(dst))
+        log.error("spool %s %s: moved aside as %s.corrupt-%s*, starting an empty spool",
+                  self.path, why, self.path, stamp)
+
+    def close(self) -> None:
+        with self._lock:
+            try:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:
+                log.warning("spool: final checkpoint failed: %s", exc)
+            self._db.close()
+
+    # -- transactions ------------------------------------------------------------------------
+    def _write(self, fn):
+        """Run `fn(db)` in one IMMEDIATE transaction; on SQLITE_FULL evict a frame and retry."""
+        with self._lock:
+            for _ in range(8):
+                try:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    try:
+                        result = fn(self._db)
+                        self._db.execute("COMMIT")
+                    except BaseException:
+                        self._db.execute("ROLLBACK")
+                        raise
+                    self.disk_full = False
+                    return result
+                except sqlite3.OperationalError as exc:
+                    if "full" not in str(exc):
+                        raise SpoolError(f"spool write failed: {exc}") from None
+                    self._recount()
+                    if not self._evict_one_frame_for_space():
+                        break
+            self.disk_full = True
+            raise SpoolError("spool is full: the disk has no space left for it")
+
+    def _recount(self) -> None:
+        db = self._db
+        self._frame_bytes = db.execute("SELECT COALESCE(SUM(bytes), 0) FROM frames").fetchone()[0]
+        self._outbox_bytes = db.execute("SELECT COALESCE(SUM(bytes), 0) FROM outbox").fetchone()[0]
+
+    def _evict_one_frame_for_space(self) -> bool:
+        """Outside a transaction, after SQLITE_FULL: drop the oldest frame to make room."""
+        try:
+            return self._evict_oldest(self._db, "frames", "disk_full")
+        except sqlite3.OperationalError:
+            return False
+
+    def _unleased(self) -> str:
+        """A WHERE clause that skips frames leased to a worker."""
+        return f"WHERE id NOT IN ({','.join(map(str, self._leased))})" if self._leased else ""
+
+    # -- frames ------------------------------------------------------------------------------
+    def put_frame(self, job: FrameJob) -> None:
+        """Store a frame durably, evicting the oldest frames beyond the budget."""
+        size = len(job.jpeg)
+
+        def insert(db: sqlite3.Connection) -> None:
+            if size > self.budget.payload_bytes - self.budget.outbox_bytes:
+                self.evicted[(job.camera, "too_large")] += 1
+                return
+            self._make_room_for_frame(db, size)
+            db.execute(
+                "INSERT OR IGNORE INTO frames (frame_id, camera, captured_at_ns, width, height, scale, "
+                "bytes, crc32, jpeg) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (job.frame_id, job.camera, job.captured_at_ns, job.width, job.height, job.scale, size,
+                 _crc(job.jpeg), job.jpeg))
+            if db.execute("SELECT changes()").fetchone()[0]:
+                self._frame_bytes += size
+
+        self._write(insert)
+
+    def _make_room_for_frame(self, db: sqlite3.Connection, size: int) -> None:
+        limit = self.budget.payload_bytes - self._outbox_bytes
+        while self._frame_bytes + size > limit:
+            if not self._evict_oldest(db, "frames", "budget"):
+                break
+
+    def _evict_oldest(self, db: sqlite3.Connection, table: str, reason: str) -> bool:
+        exclude = self._unleased() if table == "frames" else ""
+        row = db.execute(f"SELECT id, camera, bytes FROM {table} {exclude} ORDER BY id LIMIT 1").fetchone()
+        if row is None:
+            return False
+        db.execute(f"DELETE FROM {table} WHERE id = ?", (row[0],))
+        if table == "frames":
+            self._frame_bytes -= row[2]
+        else:
+            self._outbox_bytes -= row[2]
+        self.evicted[(row[1], reason)] += 1
+        return True
+
+    def take_frame(self) -> SpooledFrame | None:
+        """Lease the oldest frame not already leased (None when there is none)."""
+        with self._lock:
+            while True:
+                row = self._db.execute(
+                    "SELECT id, frame_id, camera, captured_at_ns, width, height, scale, attempts, crc32, jpeg "
+                    f"FROM frames {self._unleased()} ORDER BY id LIMIT 1").fetchone()
+                if row is None:
+                    return None
+                if _crc(row[9]) != row[8]:
+                    self._drop_corrupt("frames", row[0], row[2])
+                    continue
+                self._leased.add(row[0])
+                job = FrameJob(camera=row[2], frame_id=row[1], captured_at_ns=row[3], captured_mono=0.0,
+                               width=row[4], height=row[5], scale=row[6], jpeg=bytes(row[9]))
+                return SpooledFrame(row[0], job, row[7])
+
+    def _drop_corrupt(self, table: str, row_id: int, camera: str) -> None:
+        log.error("spool: %s row %d failed its CRC check; deleted", table, row_id)
+        self._write(lambda db: self._delete_row(db, table, row_id))
+        self.evicted[(camera, "corrupt")] += 1
+
+    def _delete_row(self, db: sqlite3.Connection, table: str, row_id: int) -> str | None:
+        row = db.execute(f"DELETE FROM {table} WHERE id = ? RETURNING camera, bytes", (row_id,)).fetchone()
+        if row is None:
+            return None
+        if table == "frames":
+            self._frame_bytes -= row[1]
+        else:
+            self._outbox_bytes -= row[1]
+        return row[0]
+
+    def release_frame(self, row_id: int, attempted: bool = True) -> None:
+        """Give a leased frame back (the attempt failed); it stays in the spool."""
+        with self._lock:
+            self._leased.discard(row_id)
+            if attempted:
+                self._write(lambda db: db.execute(
+                    "UPDATE frames SET attempts = attempts + 1 WHERE id = ?", (row_id,)))
+
+    def drop_frame(self, row_id: int, reason: str) -> None:
+        """Remove a frame without a result (dead letter), counting it under `reason`."""
+        with self._lock:
+            self._leased.discard(row_id)
+            camera = self._write(lambda db: self._delete_row(db, "frames", row_id))
+            if camera is not None:
+                self.evicted[(camera, reason)] += 1
+
+    # -- outbox ------------------------------------------------------------------------------
+    def put_message(self, camera: str, topic: str, payload: bytes, qos: int, retain: bool = False,
+                    done_frame: int | None = None) -> int:
+        """Store a message durably; if `done_frame` is set, delete that frame in the same transaction."""
+        size = len(payload) + len(topic)
+
+        def insert(db: sqlite3.Connection) -> int:
+            if done_frame is not None:
+                self._delete_row(db, "frames", done_frame)
+            while self._outbox_bytes + size > self.budget.outbox_bytes:
+                if not self._evict_oldest(db, "outbox", "outbox_budget"):
+                    break
+            while self._frame_bytes + self._outbox_bytes + size > self.budget.payload_bytes:
+                if not self._evict_oldest(db, "frames", "budget"):  # frames go before results
+                    break
+            row_id = db.execute(
+                "INSERT INTO outbox (camera, topic, qos, retain, created_at_ns, bytes, crc32, payload) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (camera, topic, qos, int(retain), self._clock_ns(), size, _crc(payload), payload)).lastrowid
+            self._outbox_bytes += size
+            return row_id
+
+        with self._lock:
+            row_id = self._write(insert)
+            if done_frame is not None:
+                self._leased.discard(done_frame)
+            return row_id
+
+    def peek_messages(self, after_id: int, limit: int) -> list[OutboxMessage]:
+        """Up to `limit` messages with ids above `after_id`, oldest first (corrupt ones dropped)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, camera, topic, qos, retain, crc32, payload FROM outbox WHERE id > ? "
+                "ORDER BY id LIMIT ?", (after_id, limit)).fetchall()
+            out = []
+            for row in rows:
+                if _crc(row[6]) != row[5]:
+                    self._drop_corrupt("outbox", row[0], row[1])
+                    continue
+                out.append(OutboxMessage(row[0], row[1], row[2], row[3], bool(row[4]), bytes(row[6])))
+            return out
+
+    def delete_messages(self, row_ids: list[int]) -> Counter:
+        """Delete acknowledged messages; returns how many were deleted per camera."""
+        if not row_ids:
+            return Counter()
+
+        def delete(db: sqlite3.Connection) -> Counter:
+            done: Counter = Counter()
+            for row_id in row_ids:
+                camera = self._delete_row(db, "outbox", row_id)
+                if camera is not None:
+                    done[camera] += 1
+            return done
+
+        return self._write(delete)
+
+    # -- age limit and figures -------------------------------------------------------------------
+    def expire(self) -> int:
+        """Evict frames and messages older than `max_age_s`; returns how many."""
+        cutoff = self._clock_ns() - self.max_age_ns
+
+        def expire(db: sqlite3.Connection) -> int:
+            n = 0
+            leased = ",".join(map(str, self._leased)) or "-1"
+            for table, column in (("frames", "captured_at_ns"), ("outbox", "created_at_ns")):
+                extra = f"AND id NOT IN ({leased})" if table == "frames" else ""
+                rows = db.execute(f"DELETE FROM {table} WHERE {column} < ? {extra} RETURNING camera, bytes",
+                                  (cutoff,)).fetchall()
+                for camera, size in rows:
+                    self.evicted[(camera, "max_age")] += 1
+                    if table == "frames":
+                        self._frame_bytes -= size
+                    else:
+                        self._outbox_bytes -= size
+                n += len(rows)
+            return n
+
+        return self._write(expire)
+
+    def pending(self) -> dict[str, dict[str, int]]:
+        """Per camera: frames and messages waiting."""
+        with self._lock:
+            out: dict[str, dict[str, int]] = {}
+            for table in ("frames", "outbox"):
+                for camera, n in self._db.execute(f"SELECT camera, COUNT(*) FROM {table} GROUP BY camera"):
+                    out.setdefault(camera, {"frames": 0, "outbox": 0})[table] = n
+            return out
+
+    def stats(self) -> dict:
+        """Depth, bytes and oldest age of each queue, and the on-disk size."""
+        now = self._clock_ns()
+        with self._lock:
+            f = self._db.execute("SELECT COUNT(*), MIN(captured_at_ns) FROM frames").fetchone()
+            o = self._db.execute("SELECT COUNT(*), MIN(created_at_ns) FROM outbox").fetchone()
+        return {
+            "frames": {"count": f[0], "bytes": self._frame_bytes,
+                       "oldest_age_s": round((now - f[1]) / 1e9, 1) if f[1] else None},
+            "outbox": {"count": o[0], "bytes": self._outbox_bytes,
+                       "oldest_age_s": round((now - o[1]) / 1e9, 1) if o[1] else None},
+            "disk_bytes": self.disk_bytes(), "max_bytes": self.budget.max_bytes, "disk_full": self.disk_full,
+        }
+
+    def disk_bytes(self) -> int:
+        """Bytes the spool's files take on disk now."""
+        return sum(os.path.getsize(p) for p in (f"{self.path}{s}" for s in ("", "-wal", "-shm"))
+                   if os.path.exists(p))
