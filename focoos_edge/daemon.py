@@ -102,6 +102,7 @@ class Daemon:
                         for c in config.cameras]
         self._cpu_mark = (time.monotonic(), sum(os.times()[:2]))
         self.notifier = Notifier()
+        self.final_summary = ""
 
     # -- lifecycle --------------------------------------------------------------
     def run(self) -> None:
@@ -136,7 +137,8 @@ class Daemon:
         self.publisher.publish(self.topics.stats, self.stats(), qos=0)
         self.publisher.stop()
         self.client.close()
-        log.info("stopped: %s", self.summary())
+        self.final_summary = self.summary()
+        log.info("stopped: %s", self.final_summary)
         self.spool.close()
 
     def _expire(self) -> None:

@@ -217,5 +217,5 @@ def _run_pipeline(config, seconds: float, stop: threading.Event, print_fn) -> in
     sub.disconnect()
     sub.loop_stop()
     print_fn(view.summary())
-    print_fn(f"demo: daemon {daemon.summary()}")
+    print_fn(f"demo: daemon accounting: {daemon.final_summary}")
     return 0 if view.messages else 1
