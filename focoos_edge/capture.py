@@ -122,7 +122,7 @@ class CameraWorker(threading.Thread):
         self.last_progress = time.monotonic()
         self._on_job = on_job
         self._on_state = on_state
-        self._stop_event = stop
+        self.stop_event = stop
         self._opener = opener
         self._encoder = JpegEncoder()
         self._backoff = Backoff(settings.reconnect_initial_s, settings.reconnect_max_s, jitter="equal")
@@ -141,7 +141,7 @@ class CameraWorker(threading.Thread):
 
     # -- thread body ------------------------------------------------------------
     def run(self) -> None:
-        while not self._stop_event.is_set():
+        while not self.stop_event.is_set():
             self.last_progress = time.monotonic()
             try:
                 cap = self._opener(self.settings)
@@ -154,7 +154,7 @@ class CameraWorker(threading.Thread):
                 looped = self._stream(cap)
             finally:
                 cap.release()
-            if not looped and not self._stop_event.is_set():
+            if not looped and not self.stop_event.is_set():
                 self.counters.reconnects += 1
         self._set_state(OFFLINE, "stopped")
 
@@ -169,7 +169,7 @@ class CameraWorker(threading.Thread):
                         self.settings.name, why, self.settings.reconnect_max_s)
         else:
             log.debug("camera %s: %s; next attempt in %.1f s", self.settings.name, why, delay)
-        self._stop_event.wait(delay)
+        self.stop_event.wait(delay)
 
     def _stream(self, cap: cv2.VideoCapture) -> bool:
         """Grab until the stream fails or stop is set; True when a looping file reached its end."""
@@ -177,9 +177,9 @@ class CameraWorker(threading.Thread):
         sampler = Sampler(s.sample_fps)
         pacer = _FilePacer(cap) if s.source.kind == "file" else None
         first = True
-        while not self._stop_event.is_set():
+        while not self.stop_event.is_set():
             if pacer is not None:
-                pacer.wait(self._stop_event)
+                pacer.wait(self.stop_event)
             ok = cap.grab()
             now_mono = time.monotonic()
             now_ns = time.time_ns()
@@ -190,7 +190,7 @@ class CameraWorker(threading.Thread):
                 self.counters.grab_failures += 1
                 log.warning("camera %s: stream ended or read timed out; reconnecting", s.name)
                 self._set_state(RECONNECTING, "read failed")
-                self._stop_event.wait(self._backoff.next_delay())
+                self.stop_event.wait(self._backoff.next_delay())
                 return False
             if first:
                 first = False

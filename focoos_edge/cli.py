@@ -20,8 +20,8 @@ DEFAULT_CONFIG = "/etc/focoos-edge/config.yaml"
 log = logging.getLogger("focoos_edge")
 
 
-def install_signal_handlers(stop: threading.Event) -> None:
-    """SIGTERM/SIGINT set `stop`; a second SIGINT exits at once (like uvicorn)."""
+def install_signal_handlers(stop: threading.Event, reload: threading.Event | None = None) -> None:
+    """SIGTERM/SIGINT set `stop`; a second SIGINT exits at once (like uvicorn); SIGHUP sets `reload`."""
 
     def on_signal(signum, frame):
         if stop.is_set() and signum == signal.SIGINT:
@@ -32,6 +32,18 @@ def install_signal_handlers(stop: threading.Event) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if reload is not None:
+        signal.signal(signal.SIGHUP, lambda signum, frame: reload.set())
+
+
+def log_thread_crashes() -> None:
+    """An exception that ends a thread goes through logging (redacted), not raw to stderr."""
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        log.critical("thread %s crashed", args.thread.name if args.thread else "?",
+                     exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+
+    threading.excepthook = hook
 
 
 def _load(path: str):
@@ -55,13 +67,22 @@ def cmd_run(args) -> int:
     from focoos_edge.encode import EncoderUnavailableError
     from focoos_edge.logs import setup_logging
 
-    setup_logging(args.log_level or config.log_level, config.secrets())
-    stop = threading.Event()
-    install_signal_handlers(stop)
+    redactor = setup_logging(args.log_level or config.log_level, config.secrets())
+    log_thread_crashes()
+    stop, reload = threading.Event(), threading.Event()
+    install_signal_handlers(stop, reload)
+
+    def add_secrets(secrets):
+        for secret in secrets:
+            redactor.add(secret)
+
     try:
-        Daemon(config, stop).run()
+        Daemon(config, stop, config_path=args.config, reload=reload, on_secrets=add_secrets).run()
     except EncoderUnavailableError as exc:
         log.critical("%s", exc)
+        return EX_FATAL
+    except Exception:  # logged through the redacting handler: a raw traceback could carry secrets
+        log.critical("fatal error", exc_info=True)
         return EX_FATAL
     return EX_OK
 

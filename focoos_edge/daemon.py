@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections import Counter
 
 from focoos_edge import __version__
 from focoos_edge.capture import CameraWorker, CaptureSettings
-from focoos_edge.config import Config
+from focoos_edge.config import Config, ConfigError, load_config
 from focoos_edge.encode import FrameJob, JpegEncoder
 from focoos_edge.focoos import FocoosClient, InferenceResult, scale_detections
 from focoos_edge.messages import (
@@ -24,6 +23,7 @@ from focoos_edge.messages import (
 )
 from focoos_edge.publish import MqttSettings, Publisher
 from focoos_edge.spool import Spool, SpoolError
+from focoos_edge.stats import CpuMeter, accounting, percentile, rss_bytes
 from focoos_edge.systemd import Notifier
 from focoos_edge.uplink import CameraRoute, Delivery, InferenceHealth, LiveQueue, Uplink
 
@@ -54,29 +54,22 @@ def capture_settings(cam) -> CaptureSettings:
     )
 
 
-def _percentile(values, q: float) -> float | None:
-    data = sorted(values)
-    if not data:
-        return None
-    return round(data[min(len(data) - 1, int(q * len(data)))], 1)
-
-
-def rss_bytes() -> int:
-    """Resident set size of this process."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        import resource
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def stalled(heartbeats: dict[str, tuple[float, float, bool]]) -> list[str]:
+    """Names of the parts that are stuck: `heartbeats` maps a part to (seconds since its loop last
+    turned, the most that is normal for it, whether its thread is alive)."""
+    return [name for name, (age_s, limit_s, alive) in heartbeats.items() if not alive or age_s > limit_s]
 
 
 class Daemon:
-    """Runs the pipeline until `stop` is set."""
+    """Runs the pipeline until `stop` is set; `reload` (SIGHUP) re-reads `config_path`."""
 
-    def __init__(self, config: Config, stop: threading.Event):
+    def __init__(self, config: Config, stop: threading.Event, config_path: str | None = None,
+                 reload: threading.Event | None = None, on_secrets=None):
         self.config = config
         self.stop = stop
+        self.config_path = config_path
+        self.reload_requested = reload or threading.Event()
+        self._on_secrets = on_secrets or (lambda secrets: None)
         self.topics = Topics(config.mqtt.topic_prefix, config.device_id)
         self.started_mono = time.monotonic()
         sp = config.spool
@@ -89,57 +82,152 @@ class Daemon:
                      sum(self.recovered.values()), dict(self.recovered))
         self.publisher = Publisher(mqtt_settings(config), self.topics, self.spool)
         inf = config.inference
-        self.client = FocoosClient(inf.api_url, inf.api_key_value, timeout_s=inf.timeout_s,
-                                   pool_size=inf.max_in_flight)
         self.queue = LiveQueue(per_camera=1)
         self.health = InferenceHealth(self._on_inference_state)
         self.cameras = {cam.name: cam for cam in config.cameras}
-        routes = {c.name: CameraRoute(threshold=config.threshold_for(c)) for c in config.cameras}
-        self.uplink = Uplink(self.client, inf.model_ref, routes, self.queue, self.spool, self._on_result,
-                             self.health, stop, default_route=CameraRoute(threshold=inf.threshold),
-                             max_in_flight=inf.max_in_flight)
-        self.workers = [CameraWorker(capture_settings(c), self._on_job, self._on_camera_state, stop)
-                        for c in config.cameras]
-        self._cpu_mark = (time.monotonic(), sum(os.times()[:2]))
+        self.uplink = Uplink(self._make_client(config), inf.model_ref, self._routes(config), self.queue,
+                             self.spool, self._on_result, self.health, stop,
+                             default_route=CameraRoute(threshold=inf.threshold), max_in_flight=inf.max_in_flight)
+        self.workers: dict[str, CameraWorker] = {}
+        self.retired_sampled: Counter = Counter()  # frames sampled by workers stopped on reload
+        self.cpu = CpuMeter()
         self.notifier = Notifier()
         self.final_summary = ""
+        self._stalled_reported: list[str] = []
+
+    @staticmethod
+    def _make_client(config: Config) -> FocoosClient:
+        inf = config.inference
+        return FocoosClient(inf.api_url, inf.api_key_value, timeout_s=inf.timeout_s, pool_size=inf.max_in_flight)
+
+    @staticmethod
+    def _routes(config: Config) -> dict[str, CameraRoute]:
+        return {c.name: CameraRoute(threshold=config.threshold_for(c)) for c in config.cameras}
 
     # -- lifecycle --------------------------------------------------------------
     def run(self) -> None:
         """Start everything, publish stats until stop is set, then shut down in order."""
         JpegEncoder()  # fail fast with the install hint, before any thread starts
         log.info("focoos-edge %s starting: device %s, %d camera(s), model %s at %s", __version__,
-                 self.config.device_id, len(self.workers), self.config.inference.model_ref,
+                 self.config.device_id, len(self.cameras), self.config.inference.model_ref,
                  self.config.inference.api_url)
         self.publisher.start(self.stop)
         self.uplink.start()
-        for w in self.workers:
-            self._on_camera_state(w.settings.name, w.state, None)
-            w.start()
+        for cam in self.config.cameras:
+            self._start_camera(cam)
         self.notifier.ready(self.status_line())
-        interval_s = self.config.stats_interval_s
-        while not self.stop.wait(interval_s):
-            self._expire()
-            self.publisher.publish(self.topics.stats, self.stats(), qos=0)
-            self.notifier.status(self.status_line())
+        self._loop()
         self.shutdown()
+
+    def _loop(self) -> None:
+        """Stats every `stats_interval_s`, watchdog pings, reload requests; wakes every second."""
+        next_stats = time.monotonic() + self.config.stats_interval_s
+        tick_s = min(1.0, self.notifier.watchdog_interval_s or 1.0)
+        while not self.stop.wait(tick_s):
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                self.reload()
+            if self.notifier.watchdog_interval_s:
+                self._feed_watchdog()
+            if time.monotonic() >= next_stats:
+                next_stats = time.monotonic() + self.config.stats_interval_s
+                self._expire()
+                self.publisher.publish(self.topics.stats, self.stats(), qos=0)
+                self.notifier.status(self.status_line())
 
     def shutdown(self) -> None:
         """Fixed order: cameras (no new frames) -> uplink (in-flight requests finish) -> frames still
         queued go to the spool -> outbox flushed while connected -> `offline` -> spool closed."""
         log.info("stopping")
         self.notifier.stopping()
-        for w in self.workers:
-            w.join(timeout=max(w.settings.read_timeout_s, 1.0) + 1.0)
+        for name in list(self.workers):
+            self._stop_camera(name)
         self.uplink.join(timeout_s=self.config.inference.timeout_s + 1.0)
         while (job := self.queue.get(0)) is not None:
             self._to_spool(job)
         self.publisher.publish(self.topics.stats, self.stats(), qos=0)
         self.publisher.stop()
-        self.client.close()
+        self.uplink.client.close()
         self.final_summary = self.summary()
         log.info("stopped: %s", self.final_summary)
         self.spool.close()
+
+    def _start_camera(self, cam) -> None:
+        worker = CameraWorker(capture_settings(cam), self._on_job, self._on_camera_state, threading.Event())
+        self.workers[cam.name] = worker
+        self._on_camera_state(cam.name, worker.state, None)
+        worker.start()
+
+    def _stop_camera(self, name: str) -> None:
+        worker = self.workers.pop(name)
+        worker.stop_event.set()
+        worker.join(timeout=max(worker.settings.read_timeout_s, worker.settings.open_timeout_s) + 2.0)
+        self.retired_sampled[name] += worker.counters.sampled
+
+    # -- reload (SIGHUP) ------------------------------------------------------------
+    def reload(self) -> bool:
+        """Re-read the config: cameras added, removed or changed without touching the others; new
+        inference settings take effect (and lift an auth pause). An invalid file keeps the old config."""
+        if not self.config_path:
+            return False
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("reload: %s is invalid, keeping the running config:\n  %s", self.config_path,
+                      "\n  ".join(exc.errors))
+            return False
+        self._on_secrets(new.secrets())
+        old = self.config
+        for part in ("device_id", "state_dir", "mqtt", "spool"):
+            if getattr(new, part) != getattr(old, part):
+                log.warning("reload: changes to %s take effect at the next restart", part)
+        old_cams = {c.name: c for c in old.cameras}
+        new_cams = {c.name: c for c in new.cameras}
+        for name in [n for n in old_cams if old_cams[n] != new_cams.get(n)]:
+            self._stop_camera(name)
+            if name not in new_cams:
+                self._on_camera_state(name, "offline", "removed from the config")
+        self.cameras = new_cams
+        self.uplink.routes = self._routes(new)
+        if new.inference != old.inference:
+            self._apply_inference(new)
+        self.config = new.model_copy(update={"device_id": old.device_id, "state_dir": old.state_dir,
+                                             "mqtt": old.mqtt, "spool": old.spool})
+        for name, cam in new_cams.items():
+            if name not in self.workers:
+                self._start_camera(cam)
+        log.info("reload: %d camera(s): %s", len(new_cams), ", ".join(new_cams))
+        return True
+
+    def _apply_inference(self, new: Config) -> None:
+        old_client = self.uplink.client
+        self.uplink.client = self._make_client(new)
+        self.uplink.model_ref = new.inference.model_ref
+        self.uplink.default_route = CameraRoute(threshold=new.inference.threshold)
+        self.uplink.recheck_model()
+        old_client.close()
+
+    # -- watchdog ---------------------------------------------------------------------
+    def heartbeats(self) -> dict[str, tuple[float, float, bool]]:
+        """(age, limit, alive) of every loop the watchdog watches."""
+        now = time.monotonic()
+        beats = {}
+        for name, w in self.workers.items():
+            s = w.settings
+            limit = s.reconnect_max_s + s.open_timeout_s + s.read_timeout_s + 10.0
+            beats[f"camera {name}"] = (now - w.last_progress, limit, w.is_alive())
+        inf = self.config.inference
+        beats["uplink"] = (now - self.uplink.last_progress, inf.timeout_s * 3 + 15.0, self.uplink.alive())
+        beats["mqtt outbox"] = (now - self.publisher.last_progress, 15.0, self.publisher.alive())
+        return beats
+
+    def _feed_watchdog(self) -> None:
+        stuck = stalled(self.heartbeats())
+        if not stuck:
+            self.notifier.watchdog()
+        elif stuck != self._stalled_reported:
+            log.error("watchdog: %s stuck; not telling systemd we are alive", ", ".join(stuck))
+        self._stalled_reported = stuck
 
     def _expire(self) -> None:
         try:
@@ -163,7 +251,7 @@ class Daemon:
             self._to_spool(older)
 
     def _on_camera_state(self, camera: str, state: str, detail: str | None) -> None:
-        worker = next((w for w in self.workers if w.settings.name == camera), None)
+        worker = self.workers.get(camera)
         fps = worker.fps() if worker else 0.0
         self.publisher.set_state(self.topics.camera_state(camera),
                                  camera_state_payload(state, time.time(), fps, detail))
@@ -201,70 +289,56 @@ class Daemon:
                 self.uplink.counters[job.camera].dead_lettered["spool_error"] += 1
 
     # -- stats ------------------------------------------------------------------------
-    def _cpu_percent(self) -> float:
-        now, cpu = time.monotonic(), sum(os.times()[:2])
-        then, cpu_then = self._cpu_mark
-        self._cpu_mark = (now, cpu)
-        return round(100.0 * (cpu - cpu_then) / max(now - then, 1e-6), 1)
-
     def accounting(self) -> dict[str, dict[str, int]]:
         """Per camera: produced = delivered + pending + evicted + dead_lettered (exact when idle)."""
-        spooled = self.spool.pending()
-        evicted: Counter = Counter()
-        for (camera, reason), n in self.spool.evicted.items():
-            if not reason.startswith("dead_letter"):  # dead letters are counted by the uplink
-                evicted[camera] += n
-        sampled = {w.settings.name: w.counters.sampled for w in self.workers}
-        out = {}
-        for camera in sorted(set(sampled) | set(self.recovered) | set(spooled)):
-            waiting = spooled.get(camera, {"frames": 0, "outbox": 0})
-            out[camera] = {
-                "produced": sampled.get(camera, 0) + self.recovered[camera],
-                "delivered": self.publisher.delivered[camera],
-                "pending": (self.queue.count(camera) + self.uplink.in_flight[camera]
-                            + waiting["frames"] + waiting["outbox"]),
-                "evicted": evicted[camera],
-                "dead_lettered": sum(self.uplink.counters[camera].dead_lettered.values()),
-            }
-        return out
+        sampled = Counter(self.retired_sampled)
+        for name, w in self.workers.items():
+            sampled[name] += w.counters.sampled
+        waiting: Counter = Counter(self.uplink.in_flight_snapshot())
+        for camera, n in self.spool.pending().items():
+            waiting[camera] += n["frames"] + n["outbox"]
+        for camera in sampled:
+            waiting[camera] += self.queue.count(camera)
+        # dict() copies are taken in one step under the GIL: other threads may add cameras meanwhile.
+        return accounting(
+            sampled=sampled, recovered=self.recovered, delivered=dict(self.publisher.delivered),
+            waiting=waiting, evicted=dict(self.spool.evicted),
+            dead_lettered={c: sum(dict(u.dead_lettered).values()) for c, u in dict(self.uplink.counters).items()})
+
+    def _camera_stats(self, camera: str, account: dict) -> dict:
+        w = self.workers.get(camera)
+        up = self.uplink.counters[camera]
+        evicted = {reason: n for (c, reason), n in dict(self.spool.evicted).items() if c == camera}
+        return {
+            "state": w.state if w else "removed", "fps": round(w.fps(), 2) if w else 0.0,
+            "grabbed": w.counters.grabbed if w else 0, "sampled": w.counters.sampled if w else 0,
+            "reconnects": w.counters.reconnects if w else 0,
+            "uploaded": up.uploaded, "bytes_uploaded": up.bytes_uploaded, "results": up.results,
+            "spooled": up.spooled, "errors": dict(up.errors), "evicted_by_reason": evicted,
+            "dead_lettered_by_reason": dict(up.dead_lettered),
+            "inference_ms": {"p50": percentile(up.round_trips_ms, 0.5),
+                             "p95": percentile(up.round_trips_ms, 0.95)},
+            **account,
+        }
 
     def stats(self) -> dict:
         """The stats message: per camera and process-wide figures."""
-        accounts = self.accounting()
-        evictions: dict[str, dict[str, int]] = {}
-        for (camera, reason), n in self.spool.evicted.items():
-            evictions.setdefault(camera, {})[reason] = n
-        cams = {}
-        for camera, account in accounts.items():
-            w = next((w for w in self.workers if w.settings.name == camera), None)
-            up = self.uplink.counters[camera]
-            cams[camera] = {
-                "state": w.state if w else "removed", "fps": round(w.fps(), 2) if w else 0.0,
-                "grabbed": w.counters.grabbed if w else 0, "sampled": w.counters.sampled if w else 0,
-                "reconnects": w.counters.reconnects if w else 0,
-                "uploaded": up.uploaded, "bytes_uploaded": up.bytes_uploaded, "results": up.results,
-                "spooled": up.spooled, "errors": dict(up.errors), "evicted_by_reason": evictions.get(camera, {}),
-                "dead_lettered_by_reason": dict(up.dead_lettered),
-                "inference_ms": {"p50": _percentile(up.round_trips_ms, 0.5),
-                                 "p95": _percentile(up.round_trips_ms, 0.95)},
-                **account,
-            }
         pc = self.publisher.counters
         return {
             "v": 1, "device_id": self.config.device_id, "at": iso_utc(time.time()),
             "uptime_s": round(time.monotonic() - self.started_mono, 1),
-            "cpu_percent": self._cpu_percent(), "rss_bytes": rss_bytes(),
+            "cpu_percent": self.cpu.percent(), "rss_bytes": rss_bytes(),
             "inference": {"state": self.health.state, "queue_depth": len(self.queue),
                           "in_flight": self.uplink.busy},
             "mqtt": {"connected": self.publisher.connected.is_set(), "sent": pc.sent, "acked": pc.acked,
                      "resent": pc.resent, "dropped": pc.dropped_queue_full},
             "spool": self.spool.stats(),
-            "cameras": cams,
+            "cameras": {cam: self._camera_stats(cam, acc) for cam, acc in self.accounting().items()},
         }
 
     def status_line(self) -> str:
         """One short line for `systemctl status`."""
-        streaming = sum(w.state == "streaming" for w in self.workers)
+        streaming = sum(w.state == "streaming" for w in self.workers.values())
         delivered = sum(self.publisher.delivered.values())
         return (f"{streaming}/{len(self.workers)} cameras streaming, inference {self.health.state}, "
                 f"{delivered} results delivered, backlog {len(self.queue)} live + "

@@ -91,6 +91,7 @@ class Publisher:
         self._epoch = 0  # bumped on every disconnect: the pump then resends from the start
         self._pump_epoch = 0
         self._pump: threading.Thread | None = None
+        self.last_progress = time.monotonic()  # the pump's loop turned (watchdog)
         self._client = self._make_client()
 
     def _make_client(self) -> mqtt.Client:
@@ -204,8 +205,13 @@ class Publisher:
         self._wake.set()
 
     # -- outbox pump (its own thread) ---------------------------------------------------
+    def alive(self) -> bool:
+        """The outbox pump runs."""
+        return self._pump is not None and self._pump.is_alive()
+
     def _pump_loop(self, stop: threading.Event) -> None:
         while not stop.is_set():
+            self.last_progress = time.monotonic()
             self._wake.wait(0.5)
             self._wake.clear()
             try:

@@ -1,4 +1,4 @@
-"""sd_notify without dependencies: READY=1, STATUS=..., STOPPING=1 over $NOTIFY_SOCKET.
+"""sd_notify without dependencies: READY=1, STATUS=..., WATCHDOG=1, STOPPING=1 over $NOTIFY_SOCKET.
 
 The protocol is one datagram per notification to a unix socket (an abstract one when the path
 starts with '@'); systemd-python is not needed for it, so the daemon behaves the same without it.
@@ -23,6 +23,7 @@ class Notifier:
         self._sock: socket.socket | None = None
         if self.address:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.watchdog_interval_s = watchdog_interval_s(env)
 
     @property
     def enabled(self) -> bool:
@@ -45,6 +46,10 @@ class Notifier:
     def status(self, status: str) -> bool:
         return self.notify(f"STATUS={status}")
 
+    def watchdog(self) -> bool:
+        """Tell systemd the service is alive; only call it when the pipeline made progress."""
+        return self.notify("WATCHDOG=1")
+
     def stopping(self) -> bool:
         return self.notify("STOPPING=1", "STATUS=stopping")
 
@@ -52,3 +57,15 @@ class Notifier:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+
+def watchdog_interval_s(environ) -> float | None:
+    """How often to send WATCHDOG=1 (half of WatchdogSec), or None when no watchdog is set for us."""
+    try:
+        usec = int(environ.get("WATCHDOG_USEC", "0"))
+        pid = int(environ.get("WATCHDOG_PID", "0") or 0)
+    except ValueError:
+        return None
+    if usec <= 0 or (pid and pid != os.getpid()):
+        return None
+    return usec / 2_000_000

@@ -155,6 +155,11 @@ class InferenceHealth:
         self._on_change = on_change
         self._lock = threading.Lock()
 
+    def reset(self) -> None:
+        """Back to `starting`, uploads no longer paused."""
+        self.paused.clear()
+        self.set(STARTING)
+
     def set(self, state: str, detail: str | None = None, pause: bool = False) -> None:
         if pause:
             self.paused.set()
@@ -203,6 +208,21 @@ class Uplink:
     def busy(self) -> int:
         with self._lock:
             return sum(self.in_flight.values())
+
+    def in_flight_snapshot(self) -> dict[str, int]:
+        """Frames being processed now, per camera."""
+        with self._lock:
+            return dict(self.in_flight)
+
+    def alive(self) -> bool:
+        """All threads running (before start and after stop: False)."""
+        return bool(self._threads) and all(t.is_alive() for t in self._threads)
+
+    def recheck_model(self) -> None:
+        """Forget the model check and any pause (new credentials or model): the probe runs again."""
+        self.model_info = None
+        self._breaker.success()
+        self.health.reset()
 
     def start(self) -> None:
         self._threads = [threading.Thread(target=self._probe_loop, name="uplink-probe", daemon=True)]
