@@ -232,7 +232,7 @@ class FocoosClient:
                 timeout=(self._connect_timeout_s, self._timeout_s), **kwargs,
             )
             try:
-                body = _read_body(resp, MAX_REPLY_BYTES)
+                body = _read_body(resp, MAX_REPLY_BYTES, started + self._connect_timeout_s + self._timeout_s)
             finally:
                 resp.close()  # returns a fully read connection to the pool, drops a partial one
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
@@ -324,14 +324,25 @@ def _make_session(api_key: str, user_agent: str, pool_size: int) -> requests.Ses
     return session
 
 
-def _read_body(resp: requests.Response, max_bytes: int) -> bytes:
+def _read_body(resp: requests.Response, max_bytes: int, deadline: float) -> bytes:
+    """Read the whole body, at most `max_bytes`, by `deadline` (monotonic).
+
+    The read timeout only bounds each recv: a server trickling a byte at a time would hold a worker
+    for ever. `read1` returns whatever one recv brought, so the deadline is checked in between.
+    """
     chunks, total = [], 0
-    for chunk in resp.iter_content(64 * 1024):
+    raw = resp.raw
+    raw.decode_content = True
+    while True:
+        chunk = raw.read1(64 * 1024) if hasattr(raw, "read1") else raw.read(64 * 1024)
+        if not chunk:
+            return b"".join(chunks)
         total += len(chunk)
         if total > max_bytes:
             raise MalformedResponseError(f"malformed reply: larger than {max_bytes} bytes")
         chunks.append(chunk)
-    return b"".join(chunks)
+        if time.monotonic() > deadline:
+            raise TimeoutError("reply body not complete by the deadline")
 
 
 def _exception_chain(exc: BaseException) -> Iterator[BaseException]:

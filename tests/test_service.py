@@ -144,3 +144,49 @@ def test_rate_limit_filter_suppresses_repeats_and_reports_them():
     rec = record("camera %s down", "a")
     assert filt.filter(rec)
     assert rec.getMessage() == "camera a down (repeated 5 more times)"
+
+
+def _trickle_headers(h):
+    """A server that never finishes its status line: each recv gets a byte, so no read timeout fires."""
+    h.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+    h.wfile.flush()
+    while not h.server.stopping.wait(0.3):
+        try:
+            h.wfile.write(b"a")
+            h.wfile.flush()
+        except OSError:
+            return
+
+
+def test_watchdog_stops_when_the_uplink_hangs(marker_clip, mosquitto, spawn, tmp_path):
+    import os
+    import httpfault
+
+    notify_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(notify_path))
+    sock.settimeout(0.5)
+    with httpfault.FaultServer() as server:
+        server.default = _trickle_headers
+        config = daemon_config(tmp_path, api_url=server.url, mqtt_port=mosquitto.port, api_key=KEY,
+                               inference={"timeout_s": 1, "max_in_flight": 1},
+                               cameras=[_camera("a", marker_clip.path)])
+        env = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "2000000"}
+        daemon = spawn(daemon_command(config), name="daemon", env=env)
+        last_ping, silent_s = None, 0.0
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if sock.recv(4096) == b"WATCHDOG=1":
+                    last_ping = time.monotonic()
+            except socket.timeout:
+                pass
+            if last_ping is not None:
+                silent_s = time.monotonic() - last_ping
+                if silent_s > 6:
+                    break
+        assert last_ping is not None, "no watchdog ping at all"
+        assert silent_s > 6, "the watchdog kept being fed while the uplink hung"
+        wait_until(lambda: "watchdog: uplink stuck" in daemon.stderr_text(), 10, message="stall logged")
+        daemon.kill()
+    sock.close()
