@@ -7,12 +7,13 @@ import time
 from collections.abc import Callable
 
 import cv2
+import numpy as np
 
 from focoos_edge.capture import CaptureOpenError, open_capture
 from focoos_edge.config import Config
 from focoos_edge.daemon import capture_settings, mqtt_settings
-from focoos_edge.encode import EncoderUnavailableError, JpegEncoder
-from focoos_edge.focoos import FocoosClient, FocoosError
+from focoos_edge.encode import EncoderUnavailableError, JpegEncoder, resize_to_max_side
+from focoos_edge.focoos import AuthError, FocoosClient, FocoosError, ModelNotFoundError
 from focoos_edge.publish import check_broker
 
 
@@ -23,54 +24,78 @@ def fourcc_text(value: float) -> str:
     return text.strip("\x00 ") if text.isprintable() and code else "unknown"
 
 
-def probe_camera(cam, out_dir: str, encoder: JpegEncoder, measure_s: float = 2.0) -> tuple[bool, str]:
-    """Open one camera, read frames for `measure_s`, save one JPEG; returns (ok, report line)."""
+CAMERA_HINT = ("check the URL, the credentials and that the camera is reachable from this box "
+               "(for RTSP: the path, and that TCP port 554 is open)")
+
+
+def probe_camera(cam, out_dir: str, encoder: JpegEncoder, measure_s: float = 2.0) -> tuple[bool, str, bytes | None]:
+    """Open one camera, read frames for `measure_s`, save one JPEG; returns (ok, report line, the
+    frame as the daemon would upload it)."""
     settings = capture_settings(cam)
     try:
         cap = open_capture(settings)
     except (CaptureOpenError, cv2.error) as exc:
-        return False, f"camera {cam.name}: FAILED: {exc}"
+        return False, f"camera {cam.name}: FAILED: {exc}\n  fix: {CAMERA_HINT}", None
     try:
+        # Streams start with a burst of buffered frames: measure the rate after a warm-up second.
         start = time.monotonic()
-        frames, frame = 0, None
-        while time.monotonic() - start < measure_s:
+        times, frame = [], None
+        while time.monotonic() - start < measure_s + 1.0:
             ok, img = cap.read()
             if not ok:
                 break
-            frames, frame = frames + 1, img
+            frame = img
+            times.append(time.monotonic())
         if frame is None:
-            return False, f"camera {cam.name}: FAILED: opened {settings.source.display} but read no frame"
-        elapsed = time.monotonic() - start
+            return False, (f"camera {cam.name}: FAILED: opened {settings.source.display} but read no frame"
+                           f"\n  fix: {CAMERA_HINT}"), None
+        steady = [t for t in times if t - start >= 1.0]
+        fps = (len(steady) - 1) / (steady[-1] - steady[0]) if len(steady) > 2 else 0.0
         h, w = frame.shape[:2]
         path = os.path.join(out_dir, f"{cam.name}.jpg")
         with open(path, "wb") as f:
             f.write(encoder.encode(frame, 90))
+        upload = encoder.encode(resize_to_max_side(frame, cam.max_side)[0], cam.jpeg_quality)
         return True, (f"camera {cam.name}: ok, {settings.source.display}, codec "
                       f"{fourcc_text(cap.get(cv2.CAP_PROP_FOURCC))}, {w}x{h}, stream fps "
-                      f"{cap.get(cv2.CAP_PROP_FPS):.1f}, read {frames / elapsed:.1f} fps, saved {path}")
+                      f"{cap.get(cv2.CAP_PROP_FPS):.1f}, measured {fps:.1f} fps, saved {path}"), upload
     finally:
         cap.release()
 
 
-def probe_inference(config: Config) -> tuple[bool, str]:
+def inference_hint(exc: FocoosError) -> str:
+    """What to fix for an inference failure."""
+    if isinstance(exc, AuthError):
+        return "check inference.api_key / api_key_file (the key of your Focoos account)"
+    if isinstance(exc, ModelNotFoundError):
+        return "check inference.model_ref: the model's reference in Focoos HUB"
+    return "check inference.api_url and that this box reaches it (DNS, proxy, firewall)"
+
+
+def probe_inference(config: Config, jpeg: bytes) -> tuple[bool, str]:
+    """Model info, then one timed inference of `jpeg`."""
     inf = config.inference
     client = FocoosClient(inf.api_url, inf.api_key_value, timeout_s=inf.timeout_s)
     try:
         info = client.model_info(inf.model_ref)
+        result = client.infer(inf.model_ref, jpeg, inf.threshold)
     except FocoosError as exc:
-        return False, f"inference {inf.api_url}: FAILED: {exc}"
+        return False, f"inference {inf.api_url}: FAILED: {exc}\n  fix: {inference_hint(exc)}"
     finally:
         client.close()
-    ready = "ready" if info.ready else "NOT READY"
+    ready = "ready" if info.ready else "NOT READY (training or deploy not finished)"
     return info.ready, (f"inference {inf.api_url}: model {info.ref} ({info.task}, {len(info.classes)} "
-                        f"classes, status {info.status}: {ready})")
+                        f"classes, status {info.status}: {ready}); one inference in "
+                        f"{result.round_trip_s * 1000:.0f} ms, {len(result.detections)} detections")
 
 
 def probe_broker(config: Config) -> tuple[bool, str]:
     settings = mqtt_settings(config)
     error = check_broker(settings)
     where = f"mqtt {settings.host}:{settings.port}"
-    return (False, f"{where}: FAILED: {error}") if error else (True, f"{where}: ok")
+    if error:
+        return False, f"{where}: FAILED: {error}\n  fix: check mqtt.host, mqtt.port, credentials and TLS settings"
+    return True, f"{where}: ok"
 
 
 def run_probe(config: Config, camera: str | None, out_dir: str, print_fn: Callable[[str], None]) -> int:
@@ -85,8 +110,14 @@ def run_probe(config: Config, camera: str | None, out_dir: str, print_fn: Callab
         print_fn(f"jpeg: FAILED: {exc}")
         return 1
     os.makedirs(out_dir, exist_ok=True)
-    results = [probe_camera(c, out_dir, encoder) for c in cams]
-    results += [probe_inference(config), probe_broker(config)]
+    cam_results = [probe_camera(c, out_dir, encoder) for c in cams]
+    # The timed inference uses a real frame when a camera gave one, else a grey 640x360 frame.
+    jpeg = next((j for _, _, j in cam_results if j), None) or \
+        encoder.encode(np.full((360, 640, 3), 128, np.uint8), 80)
+    results = [(ok, line) for ok, line, _ in cam_results]
+    results += [probe_inference(config, jpeg), probe_broker(config)]
     for _, line in results:
         print_fn(line)
-    return 0 if all(ok for ok, _ in results) else 1
+    failed = sum(not ok for ok, _ in results)
+    print_fn("probe: all checks passed" if not failed else f"probe: {failed} check(s) failed")
+    return 0 if not failed else 1
