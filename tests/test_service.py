@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sqlite3
 import socket
 import time
 
@@ -190,3 +191,87 @@ def test_watchdog_stops_when_the_uplink_hangs(marker_clip, mosquitto, spawn, tmp
         wait_until(lambda: "watchdog: uplink stuck" in daemon.stderr_text(), 10, message="stall logged")
         daemon.kill()
     sock.close()
+
+
+def test_sigterm_during_an_outage_keeps_the_backlog(marker_clip, mosquitto, mqtt_sub, spawn, tmp_path):
+    """SIGTERM with inference down: exit 0, every frame in the spool, all replayed by the next run."""
+    from procs import free_port
+
+    port = free_port()
+    sub = mqtt_sub(mosquitto.port, "focoos/#")
+    config = daemon_config(tmp_path, api_url=f"http://127.0.0.1:{port}/v0", mqtt_port=mosquitto.port,
+                           api_key=KEY, cameras=[_camera("a", marker_clip.path, sample_fps=4)])
+    daemon = spawn(daemon_command(config), name="daemon")
+    sub.wait_for(lambda m: m.topic == f"{TOPIC}/stats" and m.json()["spool"]["frames"]["count"] >= 8,
+                 30, "a backlog in the spool", watch=[daemon])
+    final = stop_daemon(daemon, sub)["cameras"]["a"]
+    assert final["delivered"] == 0 and final["pending"] == final["produced"] > 0, final
+    with sqlite3.connect(tmp_path / "state" / "spool.db") as db:
+        spooled = {row[0] for row in db.execute("SELECT frame_id FROM frames")}
+    assert len(spooled) == final["produced"]
+
+    server = LocalServer(port=port, api_key=KEY)
+    server.start()
+    try:
+        mark = sub.count
+        daemon = spawn(daemon_command(config), name="daemon-2")
+        seen: dict[str, bool] = {}
+
+        def all_replayed(m):
+            if m.topic == f"{TOPIC}/a/detections":
+                seen[m.json()["frame_id"]] = m.json()["replayed"]
+            return spooled <= set(seen)
+
+        sub.wait_for(all_replayed, 60, "every spooled frame published", since=mark, watch=[daemon])
+        assert all(seen[f] for f in spooled)
+        stop_daemon(daemon, sub)
+    finally:
+        server.stop()
+
+
+def test_secret_canaries_appear_nowhere(rtsp_server, local_server, mosquitto_factory, mqtt_sub, spawn, tmp_path):
+    """Canaries in the RTSP URL, the MQTT password and the API key, through a bad camera, a 401 and
+    a broker outage: none in logs, MQTT messages or the spool's files."""
+    import subprocess
+
+    canary = "CANARY-7f3a9c"
+    passwd = tmp_path / "mqtt.passwd"
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwd), "edge", f"{canary}-mqtt"], check=True)
+    broker = mosquitto_factory(extra_config=[f"password_file {passwd}"])
+    camera = rtsp_server(pattern="ball", width=320, height=240, fps=10, user="viewer", password=f"{canary}-rtsp")
+    sub = mqtt_sub(broker.port, "focoos/#")
+    (tmp_path / "api_key").write_text(f"{canary}-api\n")
+    config = daemon_config(
+        tmp_path, api_url=local_server.url, mqtt_port=broker.port, api_key=None, log_level="debug",
+        inference={"api_key_file": str(tmp_path / "api_key")},
+        mqtt={"username": "edge", "password": f"{canary}-mqtt"},
+        cameras=[{"name": "good", "source": camera.url},
+                 {"name": "bad", "source": camera.url_with("viewer", f"{canary}-wrong"), "open_timeout_s": 2}])
+    cfg = yaml.safe_load(config.read_text())
+    del cfg["inference"]["api_key"]
+    config.write_text(yaml.safe_dump(cfg))
+    daemon = spawn(daemon_command(config), name="daemon")
+    sub.wait_for(state_is(f"{TOPIC}/inference", "auth_failed"), 30, "401 reported", watch=[daemon])
+    sub.wait_for(state_is(f"{TOPIC}/bad/state", "reconnecting"), 30, "bad camera reported")
+    sub.wait_for(lambda m: m.topic == f"{TOPIC}/stats" and m.json()["spool"]["frames"]["count"] > 0, 30,
+                 "frames spooled")
+    broker.kill()
+    wait_until(lambda: "MQTT: disconnected" in daemon.stderr_text(), 20, message="broker outage seen")
+    broker.start()
+    sub.wait_ready()
+    sub.wait_for(lambda m: m.topic == f"{TOPIC}/availability" and m.payload == "online", 60, "back online",
+                 since=0)
+    stop_daemon(daemon, sub)
+    check_config = subprocess.run(daemon_command(config)[:3] + ["check-config", "-c", str(config)],
+                                  capture_output=True, text=True)
+    texts = {
+        "daemon stderr": daemon.stderr_text(), "daemon stdout": daemon.stdout_text(),
+        "check-config": check_config.stdout + check_config.stderr,
+        "mqtt": "\n".join(m.payload for m in sub.messages()),
+    }
+    for path in (tmp_path / "state").iterdir():
+        texts[path.name] = path.read_bytes().decode("latin-1")
+    assert "camera bad" in texts["daemon stderr"] and "401" in texts["daemon stderr"]
+    assert "spool.db" in texts
+    leaks = [where for where, text in texts.items() if canary in text]
+    assert leaks == [], leaks
