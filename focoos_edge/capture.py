@@ -3,6 +3,11 @@
 The thread calls `grab()` continuously, so OpenCV/FFmpeg never accumulates a backlog of old frames,
 and converts to BGR (`retrieve()`) only the frames it samples. A dead source is reopened with capped,
 jittered backoff; the state (streaming / reconnecting / offline) goes out through a callback.
+
+Decoding less: `decode="keyframes"` reads the stream with PyAV and decodes keyframes only
+(keyframes.py); `usb_mjpeg` takes a USB camera's JPEGs undecoded and decodes only sampled ones,
+scaled (mjpeg.py). Paying less: an optional scene-change gate and hourly budget (motion.py) decide
+whether a sampled frame is sent at all; frames they hold back are counted, never produced.
 """
 
 from __future__ import annotations
@@ -15,9 +20,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import cv2
+import numpy as np
 
 from focoos_edge.backoff import Backoff
 from focoos_edge.encode import FrameJob, JpegEncoder, resize_to_max_side
+from focoos_edge.keyframes import KeyframeOpenError, KeyframeUnavailableError, open_keyframes
+from focoos_edge.mjpeg import ScaledFrame, wrap_usb_capture
+from focoos_edge.motion import InferenceBudget, SceneGate
 from focoos_edge.sources import Source
 
 log = logging.getLogger(__name__)
@@ -30,6 +39,9 @@ OFFLINE = "offline"
 # loss (grey smeared frames) that RTSP over Wi-Fi suffers; users can still override it.
 _FFMPEG_OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
 _FFMPEG_OPTIONS_DEFAULT = "rtsp_transport;tcp"
+
+DECODE_ALL = "all"
+DECODE_KEYFRAMES = "keyframes"
 
 
 @dataclass(frozen=True)
@@ -47,16 +59,37 @@ class CaptureSettings:
     reconnect_initial_s: float = 1.0
     reconnect_max_s: float = 30.0
     offline_after_s: float = 60.0  # reconnecting for longer than this is reported as offline
+    decode: str = DECODE_ALL  # "keyframes": decode only keyframes (PyAV); not for usb sources
+    usb_mjpeg: bool = False  # usb: ask for MJPEG and decode sampled frames scaled (TurboJPEG)
+    motion_threshold: float | None = None  # scene-change gate (mean abs grey diff); None = off
+    motion_heartbeat_s: float = 60.0  # with the gate: a static scene is still sent this often
+    max_inferences_per_hour: int | None = None  # None = no budget
+
+    def __post_init__(self) -> None:
+        if self.decode not in (DECODE_ALL, DECODE_KEYFRAMES):
+            raise ValueError(f"decode must be '{DECODE_ALL}' or '{DECODE_KEYFRAMES}', not {self.decode!r}")
 
 
 class CaptureOpenError(RuntimeError):
     """The source could not be opened (message is already redacted)."""
 
 
-def open_capture(settings: CaptureSettings) -> cv2.VideoCapture:
-    """Open the source with the FFmpeg backend (V4L2 for USB devices), with open/read timeouts."""
+def open_capture(settings: CaptureSettings, stop: threading.Event | None = None) -> cv2.VideoCapture:
+    """Open the source with the FFmpeg backend (V4L2 for USB devices), with open/read timeouts.
+
+    With `decode="keyframes"` (files and streams) a PyAV KeyframeSource is returned instead, and
+    with `usb_mjpeg` an MjpegCapture when the device delivers MJPEG: both offer the same
+    grab/retrieve/read/get/release calls. `stop` interrupts a keyframe source's waits.
+    """
     src = settings.source
     os.environ.setdefault(_FFMPEG_OPTIONS_ENV, _FFMPEG_OPTIONS_DEFAULT)
+    if settings.decode == DECODE_KEYFRAMES and src.kind != "usb":
+        try:
+            return open_keyframes(src.uri, display=src.display, is_file=src.kind == "file",
+                                  open_timeout_s=settings.open_timeout_s,
+                                  read_timeout_s=settings.read_timeout_s, stop=stop)
+        except (KeyframeOpenError, KeyframeUnavailableError) as exc:
+            raise CaptureOpenError(str(exc)) from None
     params = [
         cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(settings.open_timeout_s * 1000),
         cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(settings.read_timeout_s * 1000),
@@ -64,6 +97,8 @@ def open_capture(settings: CaptureSettings) -> cv2.VideoCapture:
     if src.kind == "usb":
         cap = cv2.VideoCapture(src.device, cv2.CAP_V4L2)
         cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
+        if settings.usb_mjpeg and cap.isOpened():
+            return wrap_usb_capture(cap, settings.name)
     else:
         if src.kind == "file" and not os.path.exists(src.uri):
             raise CaptureOpenError(f"video file not found: {src.display}")
@@ -101,6 +136,8 @@ class CameraCounters:
     open_failures: int = 0
     reconnects: int = 0
     encode_ms_total: float = 0.0
+    skipped_static: int = 0  # sampled ticks held back by the scene-change gate (never produced)
+    skipped_budget: int = 0  # held back because the hourly inference budget was used up
     recent_grabs: list = field(default_factory=list)  # monotonic times of the last grabs, for fps
 
 
@@ -113,7 +150,7 @@ class CameraWorker(threading.Thread):
 
     def __init__(self, settings: CaptureSettings, on_job: Callable[[FrameJob], None],
                  on_state: Callable[[str, str, str | None], None], stop: threading.Event,
-                 opener: Callable[[CaptureSettings], cv2.VideoCapture] = open_capture):
+                 opener: Callable[[CaptureSettings], cv2.VideoCapture] | None = None):
         super().__init__(name=f"camera-{settings.name}", daemon=True)
         self.settings = settings
         self.counters = CameraCounters()
@@ -123,8 +160,12 @@ class CameraWorker(threading.Thread):
         self._on_job = on_job
         self._on_state = on_state
         self.stop_event = stop
-        self._opener = opener
+        self._opener = opener or (lambda s: open_capture(s, stop))
         self._encoder = JpegEncoder()
+        self._gate = (SceneGate(settings.motion_threshold, settings.motion_heartbeat_s)
+                      if settings.motion_threshold is not None else None)
+        self._budget = (InferenceBudget(settings.max_inferences_per_hour)
+                        if settings.max_inferences_per_hour else None)
         self._backoff = Backoff(settings.reconnect_initial_s, settings.reconnect_max_s, jitter="equal")
         self._lock = threading.Lock()
         self._failing_since: float | None = None  # monotonic time of the first failure in a row
@@ -175,7 +216,8 @@ class CameraWorker(threading.Thread):
         """Grab until the stream fails or stop is set; True when a looping file reached its end."""
         s = self.settings
         sampler = Sampler(s.sample_fps)
-        pacer = _FilePacer(cap) if s.source.kind == "file" else None
+        is_file = s.source.kind == "file"
+        pacer = _FilePacer(cap) if is_file and not getattr(cap, "self_paced", False) else None
         first = True
         while not self.stop_event.is_set():
             if pacer is not None:
@@ -184,7 +226,9 @@ class CameraWorker(threading.Thread):
             now_mono = time.monotonic()
             now_ns = time.time_ns()
             if not ok:
-                if pacer is not None and s.loop and not first:
+                if self.stop_event.is_set():
+                    return False
+                if is_file and s.loop and not first:
                     log.debug("camera %s: end of file, looping", s.name)
                     return True  # reopened at once by run()
                 self.counters.grab_failures += 1
@@ -214,21 +258,36 @@ class CameraWorker(threading.Thread):
                 del recent[:128]
 
     def _sample(self, cap: cv2.VideoCapture, captured_ns: int, captured_mono: float) -> None:
-        ok, frame = cap.retrieve()
-        if not ok or frame is None:
+        scaled = retrieve_scaled(cap, self.settings.max_side)
+        if scaled is None:
             self.counters.grab_failures += 1
             return
-        h, w = frame.shape[:2]
-        small, scale = resize_to_max_side(frame, self.settings.max_side)
-        jpeg = self._encoder.encode(small, self.settings.jpeg_quality)
+        if not self._admit(scaled.image):
+            return
+        jpeg = self._encoder.encode(scaled.image, self.settings.jpeg_quality)
         done = time.monotonic()
         self.counters.sampled += 1
         self.counters.encode_ms_total += (done - captured_mono) * 1000
         self._on_job(FrameJob(
             camera=self.settings.name, frame_id=f"{self.settings.name}-{captured_ns}",
-            captured_at_ns=captured_ns, captured_mono=captured_mono, width=w, height=h,
-            scale=scale, jpeg=jpeg, encoded_mono=done,
+            captured_at_ns=captured_ns, captured_mono=captured_mono, width=scaled.width,
+            height=scaled.height, scale=scaled.scale, jpeg=jpeg, encoded_mono=done,
         ))
+
+    def _admit(self, image: np.ndarray) -> bool:
+        """Scene-change gate, then budget: False (and counted) when the frame is not to be sent."""
+        thumb = None
+        if self._gate is not None:
+            decision, thumb = self._gate.check(image)
+            if not decision.send:
+                self.counters.skipped_static += 1
+                return False
+        if self._budget is not None and not self._budget.try_spend():
+            self.counters.skipped_budget += 1
+            return False
+        if thumb is not None:
+            self._gate.sent(thumb)
+        return True
 
     def _set_state(self, state: str, detail: str | None) -> None:
         if state == self.state:
@@ -236,6 +295,23 @@ class CameraWorker(threading.Thread):
         self.state = state
         self.state_since = time.time()
         self._on_state(self.settings.name, state, detail)
+
+
+def retrieve_scaled(cap, max_side: int) -> ScaledFrame | None:
+    """The grabbed frame in BGR, longest side `max_side`, with its original size; None on failure.
+
+    Sources that can do better than decode + resize (keyframes: one swscale pass; MJPEG: scaled
+    JPEG decode) provide `retrieve_scaled` themselves.
+    """
+    own = getattr(cap, "retrieve_scaled", None)
+    if own is not None:
+        return own(max_side)
+    ok, frame = cap.retrieve()
+    if not ok or frame is None:
+        return None
+    h, w = frame.shape[:2]
+    small, scale = resize_to_max_side(frame, max_side)
+    return ScaledFrame(small, w, h, scale)
 
 
 class _FilePacer:

@@ -105,6 +105,19 @@ def cmd_schema(args) -> int:
     return EX_OK
 
 
+def cmd_schemas(args) -> int:
+    from focoos_edge import contract
+
+    try:
+        out = contract.schema(args.name) if args.name else contract.schemas()
+    except contract.SchemaNotFoundError:
+        print(f"focoos-edge: no schema named {args.name!r} (have: {', '.join(contract.SCHEMA_NAMES)})",
+              file=sys.stderr)
+        return EX_FATAL
+    print(json.dumps(out, indent=2))
+    return EX_OK
+
+
 def cmd_probe(args) -> int:
     config, rc = _load(args.config)
     if config is None:
@@ -176,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("schema", help="print the JSON Schema of the config file")
     p.set_defaults(func=cmd_schema)
+    p = sub.add_parser("schemas", help="print the JSON Schemas of the MQTT payloads (all, or one by name)")
+    p.add_argument("name", nargs="?", help="detections, camera_state, inference_state, stats, availability, ...")
+    p.set_defaults(func=cmd_schemas)
     return parser
 
 

@@ -281,6 +281,36 @@ class SpoolConfig(_Model):
                           "(default: a quarter); frames are evicted before messages.")
 
 
+class SnapshotConfig(_Model):
+    """Annotated snapshots of a camera, published retained as JPEG on .../<camera>/snapshot."""
+
+    labels: tuple[NonEmpty, ...] | None = Field(
+        None, min_length=1, description="Labels that trigger a snapshot (default: any detection).")
+    height: int | None = Field(None, ge=64, le=2160, description="Height of the snapshot (default: the uploaded frame's).")
+    quality: int = Field(70, ge=1, le=100, description="JPEG quality of the snapshot.")
+    min_interval_s: float = Field(2.0, ge=0, description="At most one snapshot per this many seconds.")
+
+
+class HomeAssistantConfig(_Model):
+    """Home Assistant MQTT discovery."""
+
+    discovery_prefix: str = Field(
+        "homeassistant", description="Home Assistant's discovery prefix.",
+        json_schema_extra={"pattern": TOPIC_PREFIX_PATTERN})
+    labels: tuple[NonEmpty, ...] = Field(
+        (), description="Count sensors for cameras without a labels filter.")
+    birth_jitter_s: float = Field(
+        5.0, ge=0, le=60, description="Random delay before re-publishing discovery when Home Assistant "
+                                       "restarts, so a fleet does not answer at once.")
+
+    @field_validator("discovery_prefix")
+    @classmethod
+    def _check_discovery_prefix(cls, prefix: str) -> str:
+        if not re.fullmatch(TOPIC_PREFIX_PATTERN, prefix):
+            raise ValueError("must be topic levels separated by '/', without '+', '#' or empty levels")
+        return prefix
+
+
 class CameraConfig(_Model):
     """One camera."""
 
@@ -293,6 +323,11 @@ class CameraConfig(_Model):
     jpeg_quality: int = Field(80, ge=1, le=100, description="JPEG quality of uploads.")
     threshold: float | None = Field(None, ge=0, le=1, description="Overrides inference.threshold.")
     labels: tuple[NonEmpty, ...] | None = Field(None, min_length=1, description="Publish only these labels.")
+    thresholds: dict[NonEmpty, Annotated[float, Field(ge=0, le=1)]] | None = Field(
+        None, description="Per-label confidence thresholds, e.g. {person: 0.6, car: 0.4}; the request "
+                          "asks for the lowest, each label is filtered on the box.")
+    snapshot: SnapshotConfig | None = Field(None, description="Annotated snapshots (off by default).")
+    counts: bool = Field(True, description="Publish retained per-label counts on .../<camera>/<label>.")
     loop: bool = Field(True, description="File sources restart at the end.")
     open_timeout_s: float = Field(10, gt=0, description="Timeout to open the source.")
     read_timeout_s: float = Field(10, gt=0, description="A source silent this long is reopened.")
@@ -329,6 +364,8 @@ class Config(_Model):
     inference: InferenceConfig = Field(description="Focoos inference endpoint and model.")
     mqtt: MqttConfig = Field(default_factory=MqttConfig, description="MQTT broker.")
     spool: SpoolConfig = Field(default_factory=SpoolConfig, description="On-disk spool.")
+    homeassistant: HomeAssistantConfig | None = Field(
+        None, description="Home Assistant MQTT discovery (off by default).")
     cameras: tuple[CameraConfig, ...] = Field(min_length=1, description="The cameras (at least one).")
 
     @field_validator("cameras")
@@ -348,6 +385,14 @@ class Config(_Model):
     def threshold_for(self, camera: CameraConfig) -> float:
         """The confidence threshold of ``camera``: its own, or the inference default."""
         return self.inference.threshold if camera.threshold is None else camera.threshold
+
+    def request_threshold(self, camera: CameraConfig) -> float:
+        """What the inference request asks for: the lowest threshold any label of ``camera`` uses."""
+        return min([self.threshold_for(camera), *(camera.thresholds or {}).values()])
+
+    def count_labels(self, camera: CameraConfig) -> tuple[str, ...]:
+        """Labels with a count topic announced up front (others appear when first seen)."""
+        return camera.labels or (self.homeassistant.labels if self.homeassistant else ())
 
     def redacted(self) -> dict[str, Any]:
         """The resolved config as JSON-able data, secrets as ``***``, URL credentials masked."""

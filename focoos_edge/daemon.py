@@ -11,13 +11,14 @@ from focoos_edge import __version__
 from focoos_edge.capture import CameraWorker, CaptureSettings
 from focoos_edge.config import Config, ConfigError, load_config
 from focoos_edge.encode import FrameJob, JpegEncoder
+from focoos_edge.features import SubscriberFeatures
 from focoos_edge.focoos import FocoosClient, InferenceResult, scale_detections
 from focoos_edge.messages import (
     Topics,
     camera_state_payload,
     detection_dict,
     detections_payload,
-    filter_labels,
+    keeps,
     inference_state_payload,
     iso_utc,
 )
@@ -81,6 +82,7 @@ class Daemon:
             log.info("spool: recovered %d frames/messages from the last run (%s)",
                      sum(self.recovered.values()), dict(self.recovered))
         self.publisher = Publisher(mqtt_settings(config), self.topics, self.spool)
+        self.features = SubscriberFeatures(config, self.topics, self.publisher)  # announces once connected
         inf = config.inference
         self.queue = LiveQueue(per_camera=1)
         self.health = InferenceHealth(self._on_inference_state)
@@ -102,7 +104,7 @@ class Daemon:
 
     @staticmethod
     def _routes(config: Config) -> dict[str, CameraRoute]:
-        return {c.name: CameraRoute(threshold=config.threshold_for(c)) for c in config.cameras}
+        return {c.name: CameraRoute(threshold=config.request_threshold(c)) for c in config.cameras}
 
     # -- lifecycle --------------------------------------------------------------
     def run(self) -> None:
@@ -130,6 +132,7 @@ class Daemon:
                 self.reload()
             if self.notifier.watchdog_interval_s:
                 self._feed_watchdog()
+            self.features.tick()
             if time.monotonic() >= next_stats:
                 next_stats = time.monotonic() + self.config.stats_interval_s
                 self._expire()
@@ -197,6 +200,7 @@ class Daemon:
         for name, cam in new_cams.items():
             if name not in self.workers:
                 self._start_camera(cam)
+        self.features.configure(self.config)
         log.info("reload: %d camera(s): %s", len(new_cams), ", ".join(new_cams))
         return True
 
@@ -263,11 +267,10 @@ class Daemon:
 
     def _on_result(self, job: FrameJob, result: InferenceResult, delivery: Delivery) -> None:
         cam = self.cameras.get(job.camera)  # None: spooled by a camera since removed from the config
-        scaled = scale_detections(result.detections, job.scale, job.width, job.height)
-        dets = filter_labels(
-            (detection_dict(d.label, d.cls_id, d.conf, d.bbox) for d in scaled),
-            cam.labels if cam else None,
-            self.config.threshold_for(cam) if cam else self.config.inference.threshold)
+        threshold = self.config.threshold_for(cam) if cam else self.config.inference.threshold
+        kept = [d for d in scale_detections(result.detections, job.scale, job.width, job.height)
+                if keeps(d.label, d.conf, cam.labels if cam else None, threshold, cam.thresholds if cam else None)]
+        dets = [detection_dict(d.label, d.cls_id, d.conf, d.bbox) for d in kept]
         now_ns = time.time_ns()
         inference_ms = result.round_trip_s * 1000
         total_ms = (now_ns - job.captured_at_ns) / 1e6
@@ -282,6 +285,7 @@ class Daemon:
         try:
             self.publisher.publish_durable(job.camera, self.topics.detections(job.camera), payload,
                                            done_frame=delivery.frame_row)
+            self.features.on_result(job, kept, delivery.replayed)
         except SpoolError as exc:
             log.error("camera %s: result of frame %s not stored: %s", job.camera, job.frame_id, exc)
             if delivery.frame_row is not None:

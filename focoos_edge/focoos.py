@@ -27,7 +27,7 @@ import math
 import socket
 import ssl
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator, Mapping
 from urllib.parse import quote, urlsplit
@@ -127,6 +127,7 @@ class Detection:
     bbox: tuple[float, float, float, float] | None
     has_mask: bool = False
     keypoints: tuple[tuple[float, ...], ...] | None = None
+    mask: str | None = field(default=None, repr=False)  # base64 PNG, bbox-cropped, uploaded-image pixels
 
 
 @dataclass(frozen=True)
@@ -466,6 +467,7 @@ def _parse_detection(raw: object, where: str) -> Detection:
         cls_id = None
     return Detection(label=label if isinstance(label, str) else None, cls_id=cls_id, conf=float(conf),
                      bbox=bbox, has_mask=bool(raw.get("mask")),
+                     mask=raw["mask"] if isinstance(raw.get("mask"), str) and raw["mask"] else None,
                      keypoints=_parse_keypoints(raw.get("keypoints"), where))
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -55,12 +55,18 @@ def detection_dict(label: str | None, cls_id: int | None, conf: float, bbox: Seq
     return out
 
 
-def filter_labels(detections: Iterable[dict], labels: Sequence[str] | None, threshold: float) -> list[dict]:
-    """Keep detections above `threshold` and, when `labels` is set, only those labels."""
-    wanted = set(labels) if labels else None
-    return [
-        d for d in detections if d["conf"] > threshold and (wanted is None or d["label"] in wanted)
-    ]
+def keeps(label: str | None, conf: float, labels: Sequence[str] | None, threshold: float,
+          thresholds: Mapping[str, float] | None = None) -> bool:
+    """Is a detection published? Above its label's threshold (or `threshold`), and one of `labels`
+    when that filter is set. Strict `>`, as the Focoos server filters."""
+    limit = (thresholds or {}).get(label, threshold) if label is not None else threshold
+    return conf > limit and (not labels or label in labels)
+
+
+def filter_labels(detections: Iterable[dict], labels: Sequence[str] | None, threshold: float,
+                  thresholds: Mapping[str, float] | None = None) -> list[dict]:
+    """The detection dicts that `keeps` accepts."""
+    return [d for d in detections if keeps(d["label"], d["conf"], labels, threshold, thresholds)]
 
 
 def detections_payload(
@@ -102,7 +108,7 @@ def detections_payload(
 
 def camera_state_payload(state: str, since_s: float, fps: float, detail: str | None = None) -> dict:
     """Retained camera state: streaming / reconnecting / offline."""
-    out: dict[str, Any] = {"state": state, "since": iso_utc(since_s), "fps": round(fps, 2)}
+    out: dict[str, Any] = {"v": PAYLOAD_VERSION, "state": state, "since": iso_utc(since_s), "fps": round(fps, 2)}
     if detail:
         out["detail"] = detail
     return out
@@ -110,7 +116,7 @@ def camera_state_payload(state: str, since_s: float, fps: float, detail: str | N
 
 def inference_state_payload(state: str, since_s: float, model_ref: str, detail: str | None = None) -> dict:
     """Retained inference-link state."""
-    out: dict[str, Any] = {"state": state, "since": iso_utc(since_s), "model_ref": model_ref}
+    out: dict[str, Any] = {"v": PAYLOAD_VERSION, "state": state, "since": iso_utc(since_s), "model_ref": model_ref}
     if detail:
         out["detail"] = detail
     return out

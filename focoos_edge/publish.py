@@ -83,6 +83,7 @@ class Publisher:
         self.last_error: str | None = None
         self._stopping = False
         self._retained: dict[str, bytes] = {}
+        self._subscriptions: dict[str, Callable[[str, bytes], None]] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._acks: deque[int] = deque()  # mids acknowledged, filled by paho's thread
@@ -110,6 +111,7 @@ class Publisher:
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
         client.enable_logger(logging.getLogger("focoos_edge.paho"))
         return client
 
@@ -167,6 +169,21 @@ class Publisher:
         self.outbox.put_message(camera, topic, dumps(payload), self.settings.qos, False, done_frame)
         self._wake.set()
 
+    def subscribe(self, topic: str, callback: Callable[[str, bytes], None]) -> None:
+        """Call `callback(topic, payload)` (on paho's thread: keep it short) for messages on `topic`;
+        the subscription is renewed on every reconnect (the session is clean)."""
+        with self._lock:
+            self._subscriptions[topic] = callback
+        if self.connected.is_set():
+            self._client.subscribe(topic, qos=1)
+
+    def _on_message(self, client, userdata, msg) -> None:
+        with self._lock:
+            callbacks = list(self._subscriptions.items())
+        for topic, callback in callbacks:
+            if mqtt.topic_matches_sub(topic, msg.topic):
+                callback(msg.topic, msg.payload)
+
     def set_state(self, topic: str, payload: dict) -> None:
         """Publish a retained state, remembered for re-publication after a reconnect."""
         self.publish(topic, payload, qos=1, retain=True)
@@ -184,8 +201,11 @@ class Publisher:
         client.publish(self.topics.availability, ONLINE, qos=1, retain=True)
         with self._lock:
             retained = list(self._retained.items())
+            subscriptions = list(self._subscriptions)
         for topic, body in retained:
             client.publish(topic, body, qos=1, retain=True)
+        for topic in subscriptions:
+            client.subscribe(topic, qos=1)
 
     def _on_connect_fail(self, client, userdata) -> None:
         self.counters.connect_failures += 1

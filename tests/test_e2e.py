@@ -11,6 +11,7 @@ import pytest
 
 import httpfault
 from daemon_infra import daemon_command, daemon_config
+from focoos_edge import contract
 from focoos_edge.localserver import LocalServer
 from procs import free_port, wait_until
 
@@ -52,8 +53,20 @@ def assert_accounted(stats: dict) -> None:
             (name, cam)
 
 
+def assert_valid_messages(sub) -> None:
+    """Every message the daemon published validates against its JSON Schema (independent validator)."""
+    checked = 0
+    for m in sub.messages("focoos/#"):
+        kind = contract.classify_topic(m.topic, "focoos")
+        assert kind is not None, m.topic
+        if kind.schema is not None and m.payload_bytes:
+            contract.validate_payload(kind.schema, m.payload_bytes)
+            checked += 1
+    assert checked > 0
+
+
 def stop_daemon(daemon, sub):
-    """SIGTERM: exit 0, `offline` published on availability, final stats balanced."""
+    """SIGTERM: exit 0, `offline` published on availability, final stats balanced, every message valid."""
     mark = sub.count
     daemon.signal(signal.SIGTERM)
     assert daemon.wait(30) == 0, daemon.describe()
@@ -61,6 +74,7 @@ def stop_daemon(daemon, sub):
                  "availability offline", since=mark)
     final = sub.messages(f"{TOPIC}/stats", since=mark)[-1].json()
     assert_accounted(final)
+    assert_valid_messages(sub)
     return final
 
 
