@@ -126,7 +126,7 @@ def _camera(fams: _Families, camera: str, cam: Mapping) -> None:
     for quantile, key in (("0.5", "p50"), ("0.95", "p95")):
         ms = cam["inference_ms"][key]
         fams.add("inference_latency_seconds", "gauge", "Inference round trip, recent quantiles.",
-                 None if ms is None else ms / 1000, camera=camera, quantile=quantile)
+                 None if ms is None else round(ms / 1000, 6), camera=camera, quantile=quantile)
 
 
 def _format(family: _Family) -> str:
