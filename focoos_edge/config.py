@@ -167,6 +167,9 @@ class InferenceConfig(_Model):
     threshold: float = Field(0.5, ge=0, le=1, description="Minimum detection confidence.")
     timeout_s: float = Field(10, gt=0, description="HTTP timeout of one inference request.")
     max_in_flight: int = Field(4, ge=1, le=32, description="Concurrent inference requests.")
+    recheck_interval_s: float = Field(
+        60, ge=1, le=3600, description="While uploads are paused by a rejected key or an unknown model, "
+                                       "the model is checked again this often.")
 
     @field_validator("api_url")
     @classmethod

@@ -89,7 +89,8 @@ class Daemon:
         self.cameras = {cam.name: cam for cam in config.cameras}
         self.uplink = Uplink(self._make_client(config), inf.model_ref, self._routes(config), self.queue,
                              self.spool, self._on_result, self.health, stop,
-                             default_route=CameraRoute(threshold=inf.threshold), max_in_flight=inf.max_in_flight)
+                             default_route=CameraRoute(threshold=inf.threshold), max_in_flight=inf.max_in_flight,
+                             probe_interval_s=inf.recheck_interval_s)
         self.workers: dict[str, CameraWorker] = {}
         self.retired_sampled: Counter = Counter()  # frames sampled by workers stopped on reload
         self.cpu = CpuMeter()
@@ -209,6 +210,7 @@ class Daemon:
         self.uplink.client = self._make_client(new)
         self.uplink.model_ref = new.inference.model_ref
         self.uplink.default_route = CameraRoute(threshold=new.inference.threshold)
+        self.uplink.probe_interval_s = new.inference.recheck_interval_s
         self.uplink.recheck_model()
         old_client.close()
 

@@ -79,17 +79,18 @@ class CircuitBreaker:
     def __init__(self, threshold: int = 3, backoff: Backoff | None = None,
                  clock: Callable[[], float] = time.monotonic):
         self.threshold = threshold
-        self._backoff = backoff or Backoff(1.0, 60.0, jitter="full")
+        # Capped at 30 s: after a long outage the first probe comes soon, before the spool fills.
+        self._backoff = backoff or Backoff(1.0, 30.0, jitter="full")
         self._clock = clock
         self._failures = 0
         self._open_until = 0.0
         self._probing = False
         self._lock = threading.Lock()
 
-    @property
-    def is_open(self) -> bool:
+    def ready(self) -> bool:
+        """Would `allow()` let a request through now? Unlike `allow()`, does not take the probe."""
         with self._lock:
-            return self._failures >= self.threshold
+            return self._failures < self.threshold or (not self._probing and self._clock() >= self._open_until)
 
     def allow(self) -> bool:
         """May a request be sent now? While open, lets exactly one probe through per delay."""
@@ -199,7 +200,7 @@ class Uplink:
         self._stop = stop
         self._max_in_flight = max_in_flight
         self._max_attempts = max_attempts
-        self._probe_interval_s = probe_interval_s
+        self.probe_interval_s = probe_interval_s
         self._breaker = CircuitBreaker()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
@@ -241,7 +242,7 @@ class Uplink:
     # -- model probe --------------------------------------------------------------
     def _probe_loop(self) -> None:
         """Fetch model info at start (retrying transient errors); re-probe while uploads are paused."""
-        backoff = Backoff(1.0, self._probe_interval_s, jitter="equal")
+        backoff = Backoff(1.0, self.probe_interval_s, jitter="equal")
         while not self._stop.is_set():
             if self.model_info is not None and not self.health.paused.is_set():
                 self._stop.wait(1.0)
@@ -251,7 +252,7 @@ class Uplink:
                 backoff.reset()
             except FocoosError as exc:
                 self._note_error(None, exc)
-                self._stop.wait(backoff.next_delay() if exc.retryable else self._probe_interval_s)
+                self._stop.wait(backoff.next_delay() if exc.retryable else self.probe_interval_s)
 
     def _check_model(self) -> None:
         info = self.client.model_info(self.model_ref)
@@ -278,7 +279,9 @@ class Uplink:
                     self._run(spooled.job, spooled)
 
     def _backlog_allowed(self) -> bool:
-        return not self.health.paused.is_set() and not self._breaker.is_open
+        # A backlog frame may be the breaker's probe: with no live frame (camera down, or a restart
+        # with a full spool) nothing else would ever find out that the API is back.
+        return not self.health.paused.is_set() and self._breaker.ready()
 
     def _run(self, job: FrameJob, spooled: SpooledFrame | None) -> None:
         with self._lock:
