@@ -314,6 +314,14 @@ class HomeAssistantConfig(_Model):
         return prefix
 
 
+class MetricsConfig(_Model):
+    """An optional Prometheus text endpoint (GET /metrics)."""
+
+    enabled: bool = Field(False, description="Serve /metrics.")
+    host: NonEmpty = Field("127.0.0.1", description="Address to listen on (loopback by default).")
+    port: int = Field(9808, ge=0, le=65535, description="Port to listen on.")
+
+
 class CameraConfig(_Model):
     """One camera."""
 
@@ -369,6 +377,7 @@ class Config(_Model):
     spool: SpoolConfig = Field(default_factory=SpoolConfig, description="On-disk spool.")
     homeassistant: HomeAssistantConfig | None = Field(
         None, description="Home Assistant MQTT discovery (off by default).")
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus endpoint (off by default).")
     cameras: tuple[CameraConfig, ...] = Field(min_length=1, description="The cameras (at least one).")
 
     @field_validator("cameras")

@@ -12,6 +12,7 @@ from focoos_edge.capture import CameraWorker, CaptureSettings
 from focoos_edge.config import Config, ConfigError, load_config
 from focoos_edge.encode import FrameJob, JpegEncoder
 from focoos_edge.features import SubscriberFeatures
+from focoos_edge.metrics import MetricsServer
 from focoos_edge.focoos import FocoosClient, InferenceResult, scale_detections
 from focoos_edge.messages import (
     Topics,
@@ -92,6 +93,7 @@ class Daemon:
                              default_route=CameraRoute(threshold=inf.threshold), max_in_flight=inf.max_in_flight,
                              probe_interval_s=inf.recheck_interval_s)
         self.workers: dict[str, CameraWorker] = {}
+        self.metrics: MetricsServer | None = None
         self.retired_sampled: Counter = Counter()  # frames sampled by workers stopped on reload
         self.cpu = CpuMeter()
         self.notifier = Notifier()
@@ -115,6 +117,7 @@ class Daemon:
                  self.config.device_id, len(self.cameras), self.config.inference.model_ref,
                  self.config.inference.api_url)
         self.publisher.start(self.stop)
+        self.metrics = self._start_metrics()
         self.uplink.start()
         for cam in self.config.cameras:
             self._start_camera(cam)
@@ -145,8 +148,9 @@ class Daemon:
         queued go to the spool -> outbox flushed while connected -> `offline` -> spool closed."""
         log.info("stopping")
         self.notifier.stopping()
-        for name in list(self.workers):
-            self._stop_camera(name)
+        if self.metrics is not None:
+            self.metrics.stop()
+        self._stop_cameras(list(self.workers))
         self.uplink.join(timeout_s=self.config.inference.timeout_s + 1.0)
         while (job := self.queue.get(0)) is not None:
             self._to_spool(job)
@@ -163,11 +167,29 @@ class Daemon:
         self._on_camera_state(cam.name, worker.state, None)
         worker.start()
 
-    def _stop_camera(self, name: str) -> None:
-        worker = self.workers.pop(name)
-        worker.stop_event.set()
-        worker.join(timeout=max(worker.settings.read_timeout_s, worker.settings.open_timeout_s) + 2.0)
-        self.retired_sampled[name] += worker.counters.sampled
+    def _stop_cameras(self, names: list[str]) -> None:
+        """Signal every camera first, then join them against one deadline (not one each)."""
+        workers = [self.workers.pop(name) for name in names]
+        for worker in workers:
+            worker.stop_event.set()
+        limit_s = max([max(w.settings.read_timeout_s, w.settings.open_timeout_s) for w in workers] or [0.0])
+        deadline = time.monotonic() + limit_s + 2.0
+        for worker in workers:
+            worker.join(timeout=max(0.0, deadline - time.monotonic()))
+            self.retired_sampled[worker.settings.name] += worker.counters.sampled
+
+    def _start_metrics(self) -> MetricsServer | None:
+        m = self.config.metrics
+        if not m.enabled:
+            return None
+        meter = CpuMeter()  # its own: scrapes must not shorten the stats topic's CPU window
+        try:
+            server = MetricsServer(m.host, m.port, lambda: self.stats(cpu=meter)).start()
+        except OSError as exc:
+            log.error("metrics: cannot listen on %s:%d: %s; continuing without", m.host, m.port, exc)
+            return None
+        log.info("metrics: http://%s:%d/metrics", m.host, server.port)
+        return server
 
     # -- reload (SIGHUP) ------------------------------------------------------------
     def reload(self) -> bool:
@@ -183,13 +205,14 @@ class Daemon:
             return False
         self._on_secrets(new.secrets())
         old = self.config
-        for part in ("device_id", "state_dir", "mqtt", "spool"):
+        for part in ("device_id", "state_dir", "mqtt", "spool", "metrics"):
             if getattr(new, part) != getattr(old, part):
                 log.warning("reload: changes to %s take effect at the next restart", part)
         old_cams = {c.name: c for c in old.cameras}
         new_cams = {c.name: c for c in new.cameras}
-        for name in [n for n in old_cams if old_cams[n] != new_cams.get(n)]:
-            self._stop_camera(name)
+        changed = [n for n in old_cams if old_cams[n] != new_cams.get(n)]
+        self._stop_cameras(changed)
+        for name in changed:
             if name not in new_cams:
                 self._on_camera_state(name, "offline", "removed from the config")
         self.cameras = new_cams
@@ -197,7 +220,7 @@ class Daemon:
         if new.inference != old.inference:
             self._apply_inference(new)
         self.config = new.model_copy(update={"device_id": old.device_id, "state_dir": old.state_dir,
-                                             "mqtt": old.mqtt, "spool": old.spool})
+                                             "mqtt": old.mqtt, "spool": old.spool, "metrics": old.metrics})
         for name, cam in new_cams.items():
             if name not in self.workers:
                 self._start_camera(cam)
@@ -328,13 +351,13 @@ class Daemon:
             **account,
         }
 
-    def stats(self) -> dict:
-        """The stats message: per camera and process-wide figures."""
+    def stats(self, cpu: CpuMeter | None = None) -> dict:
+        """The stats message: per camera and process-wide figures (CPU since `cpu`'s last reading)."""
         pc = self.publisher.counters
         return {
             "v": 1, "device_id": self.config.device_id, "at": iso_utc(time.time()),
             "uptime_s": round(time.monotonic() - self.started_mono, 1),
-            "cpu_percent": self.cpu.percent(), "rss_bytes": rss_bytes(),
+            "cpu_percent": (cpu or self.cpu).percent(), "rss_bytes": rss_bytes(),
             "inference": {"state": self.health.state, "queue_depth": len(self.queue),
                           "in_flight": self.uplink.busy},
             "mqtt": {"connected": self.publisher.connected.is_set(), "sent": pc.sent, "acked": pc.acked,

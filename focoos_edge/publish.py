@@ -126,13 +126,14 @@ class Publisher:
         self._pump.start()
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        """Flush the outbox for up to `timeout_s` while connected, publish `offline`, disconnect.
+        """Flush the outbox while connected, publish `offline`, disconnect: all within `timeout_s`
+        (plus one second reserved for `offline`). What is not acknowledged stays in the outbox.
 
-        Call after the pump's stop event is set; what is not acknowledged stays in the outbox.
+        Call after the pump's stop event is set.
         """
+        deadline = time.monotonic() + timeout_s
         if self._pump is not None:
             self._pump.join(timeout_s)
-        deadline = time.monotonic() + timeout_s
         while self.connected.is_set() and time.monotonic() < deadline and self._pump_step():
             self._wake.wait(0.05)
             self._wake.clear()
@@ -140,7 +141,7 @@ class Publisher:
         if self.connected.is_set():
             info = self._client.publish(self.topics.availability, OFFLINE, qos=1, retain=True)
             try:
-                info.wait_for_publish(timeout_s)
+                info.wait_for_publish(max(1.0, deadline - time.monotonic()))
             except (RuntimeError, ValueError) as exc:
                 log.warning("MQTT: could not publish offline: %s", exc)
         self._client.disconnect()

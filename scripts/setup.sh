@@ -17,9 +17,10 @@ done
 # libturbojpeg0: the TurboJPEG library PyTurboJPEG loads; mosquitto: the demo's broker.
 pkgs=(python3 python3-venv python3-pip libturbojpeg0 mosquitto mosquitto-clients)
 if [ "$with_test" = 1 ]; then
-  # ffmpeg makes test clips; Debian's python3 runs the GStreamer RTSP test camera.
+  # ffmpeg makes test clips; Debian's python3 runs the GStreamer RTSP test camera;
+  # systemd (systemd-analyze) and procps (/bin/kill) check the unit file.
   pkgs+=(ffmpeg python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base
-         gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly)
+         gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly systemd procps)
 fi
 
 missing=()
