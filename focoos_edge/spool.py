@@ -106,11 +106,11 @@ class Budget:
 
     @classmethod
     def derive(cls, max_bytes: int, outbox_max_bytes: int | None = None) -> Budget:
-        # The WAL is truncated back to this size after each checkpoint; it also serves as the
-        # headroom that lets deletes proceed on a full filesystem.
+        # The WAL is truncated back to this size after each checkpoint. A reserve file of the same
+        # size is the headroom that lets acks and evictions proceed on a full filesystem.
         wal = max(64 * 1024, min(4 * 1024 * 1024, max_bytes // 8))
         shm = 32 * 1024
-        pages = max(16, (max_bytes - wal - shm) // PAGE_SIZE)
+        pages = max(16, (max_bytes - 2 * wal - shm) // PAGE_SIZE)
         payload = int(pages * PAGE_SIZE * PAYLOAD_SHARE)
         outbox = min(outbox_max_bytes or payload // 4, payload // 2)
         return cls(max_bytes, wal, pages, payload, outbox)
@@ -136,7 +136,10 @@ class Spool:
         self._frame_bytes = 0
         self._outbox_bytes = 0
         self.disk_full = False
+        self._reserve = Path(f"{self.path}-reserve")
+        self._reserve_held = False
         self._db = self._open()
+        self._keep_reserve()
 
     def _fit_to_disk(self, max_bytes: int) -> int:
         """At most half the free space (plus what the spool already holds): the card is shared."""
@@ -191,14 +194,16 @@ class Spool:
 
     def _quarantine(self, why: str) -> None:
         stamp = time.strftime("%Y%m%dT%H%M%S")
+        base, n = f"{self.path}.corrupt-{stamp}", 1
+        while any(os.path.exists(f"{base}{suffix}") for suffix in ("", "-wal", "-shm")):
+            base, n = f"{self.path}.corrupt-{stamp}.{n}", n + 1  # never overwrite an earlier one
         for suffix in ("", "-wal", "-shm"):
             src = Path(f"{self.path}{suffix}")
             if src.exists():
-                dst = Path(f"{self.path}.corrupt-{stamp}{suffix}")
+                dst = Path(f"{base}{suffix}")
                 src.rename(dst)
                 self.quarantined.append(str(dst))
-        log.error("spool %s %s: moved aside as %s.corrupt-%s*, starting an empty spool",
-                  self.path, why, self.path, stamp)
+        log.error("spool %s %s: moved aside as %s*, starting an empty spool", self.path, why, base)
 
     def close(self) -> None:
         with self._lock:
@@ -209,28 +214,69 @@ class Spool:
             self._db.close()
 
     # -- transactions ------------------------------------------------------------------------
-    def _write(self, fn):
-        """Run `fn(db)` in one IMMEDIATE transaction; on SQLITE_FULL evict a frame and retry."""
+    def _write(self, fn, frees: bool = False):
+        """Run `fn(db)` in one IMMEDIATE transaction; on SQLITE_FULL evict a frame and retry.
+
+        `frees`: `fn` only deletes or updates rows (an ack, a drop, an eviction): on a full disk it
+        may use the reserve, so that the spool can always drain."""
         with self._lock:
             for _ in range(8):
+                evicted = self.evicted.copy()
                 try:
                     self._db.execute("BEGIN IMMEDIATE")
                     try:
                         result = fn(self._db)
                         self._db.execute("COMMIT")
                     except BaseException:
-                        self._db.execute("ROLLBACK")
+                        self._undo(evicted)
                         raise
                     self.disk_full = False
+                    if not self._reserve_held:
+                        self._keep_reserve()
                     return result
                 except sqlite3.OperationalError as exc:
                     if "full" not in str(exc):
                         raise SpoolError(f"spool write failed: {exc}") from None
-                    self._recount()
-                    if not self._evict_one_frame_for_space():
+                    if frees and self._release_reserve():
+                        continue
+                    if frees or not self._evict_one_frame_for_space():
                         break
             self.disk_full = True
             raise SpoolError("spool is full: the disk has no space left for it")
+
+    def _keep_reserve(self) -> None:
+        """Hold `wal_bytes` of disk in a file only the spool frees: on a full disk, deleting it lets
+        acks, evictions and the checkpoint (which may have to grow the database file) complete."""
+        old_umask = os.umask(0o077)
+        try:
+            fd = os.open(self._reserve, os.O_WRONLY | os.O_CREAT, 0o600)
+        finally:
+            os.umask(old_umask)
+        try:
+            os.posix_fallocate(fd, 0, self.budget.wal_bytes)
+            self._reserve_held = True
+        except OSError:  # no room for it now: tried again after the next successful write
+            self._reserve.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
+
+    def _release_reserve(self) -> bool:
+        if not self._reserve_held:
+            return False
+        self._reserve.unlink(missing_ok=True)
+        self._reserve_held = False
+        log.warning("spool: the disk is full; released the %d-byte reserve so that acks can proceed",
+                    self.budget.wal_bytes)
+        return True
+
+    def _undo(self, evicted: Counter) -> None:
+        """After a failed transaction: roll back (unless SQLite already did, as it does on some
+        SQLITE_FULL and I/O errors) and make the counters describe the rows again."""
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
+        self.evicted.clear()
+        self.evicted.update(evicted)
+        self._recount()
 
     def _recount(self) -> None:
         db = self._db
@@ -254,6 +300,8 @@ class Spool:
         size = len(job.jpeg)
 
         def insert(db: sqlite3.Connection) -> None:
+            if db.execute("SELECT 1 FROM frames WHERE frame_id = ?", (job.frame_id,)).fetchone():
+                return  # already spooled: nothing to store, so nothing to evict either
             if size > self.budget.payload_bytes - self.budget.outbox_bytes:
                 self.evicted[(job.camera, "too_large")] += 1
                 return
@@ -306,7 +354,7 @@ class Spool:
 
     def _drop_corrupt(self, table: str, row_id: int, camera: str) -> None:
         log.error("spool: %s row %d failed its CRC check; deleted", table, row_id)
-        self._write(lambda db: self._delete_row(db, table, row_id))
+        self._write(lambda db: self._delete_row(db, table, row_id), frees=True)
         self.evicted[(camera, "corrupt")] += 1
 
     def _delete_row(self, db: sqlite3.Connection, table: str, row_id: int) -> str | None:
@@ -325,13 +373,13 @@ class Spool:
             self._leased.discard(row_id)
             if attempted:
                 self._write(lambda db: db.execute(
-                    "UPDATE frames SET attempts = attempts + 1 WHERE id = ?", (row_id,)))
+                    "UPDATE frames SET attempts = attempts + 1 WHERE id = ?", (row_id,)), frees=True)
 
     def drop_frame(self, row_id: int, reason: str) -> None:
         """Remove a frame without a result (dead letter), counting it under `reason`."""
         with self._lock:
             self._leased.discard(row_id)
-            camera = self._write(lambda db: self._delete_row(db, "frames", row_id))
+            camera = self._write(lambda db: self._delete_row(db, "frames", row_id), frees=True)
             if camera is not None:
                 self.evicted[(camera, reason)] += 1
 
@@ -390,7 +438,7 @@ class Spool:
                     done[camera] += 1
             return done
 
-        return self._write(delete)
+        return self._write(delete, frees=True)
 
     # -- age limit and figures -------------------------------------------------------------------
     def expire(self) -> int:
@@ -413,7 +461,7 @@ class Spool:
                 n += len(rows)
             return n
 
-        return self._write(expire)
+        return self._write(expire, frees=True)
 
     def pending(self) -> dict[str, dict[str, int]]:
         """Per camera: frames and messages waiting."""
@@ -440,5 +488,5 @@ class Spool:
 
     def disk_bytes(self) -> int:
         """Bytes the spool's files take on disk now."""
-        return sum(os.path.getsize(p) for p in (f"{self.path}{s}" for s in ("", "-wal", "-shm"))
+        return sum(os.path.getsize(p) for p in (f"{self.path}{s}" for s in ("", "-wal", "-shm", "-reserve"))
                    if os.path.exists(p))

@@ -270,13 +270,21 @@ class Uplink:
     def _worker(self, may_drain_backlog: bool) -> None:
         while not self._stop.is_set():
             self.last_progress = time.monotonic()
-            job = self.queue.get(timeout_s=0.1 if may_drain_backlog else 0.5)
-            if job is not None:
-                self._run(job, None)
-            elif may_drain_backlog and self._backlog_allowed():
-                spooled = self.spool.take_frame()
-                if spooled is not None:
-                    self._run(spooled.job, spooled)
+            try:
+                self._step(may_drain_backlog)
+            except SpoolError as exc:  # a full or failing disk must not end the worker
+                log.error("uplink: spool: %s", exc)
+                self._stop.wait(1.0)
+
+    def _step(self, may_drain_backlog: bool) -> None:
+        """One turn of a worker: a live frame if there is one, else (maybe) one from the backlog."""
+        job = self.queue.get(timeout_s=0.1 if may_drain_backlog else 0.5)
+        if job is not None:
+            self._run(job, None)
+        elif may_drain_backlog and self._backlog_allowed():
+            spooled = self.spool.take_frame()
+            if spooled is not None:
+                self._run(spooled.job, spooled)
 
     def _backlog_allowed(self) -> bool:
         # A backlog frame may be the breaker's probe: with no live frame (camera down, or a restart
