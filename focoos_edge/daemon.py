@@ -150,10 +150,11 @@ class Daemon:
         self.notifier.stopping()
         if self.metrics is not None:
             self.metrics.stop()
-        self._stop_cameras(list(self.workers))
+        self._stop_cameras(list(self.workers), keep=True)  # kept: the final stats describe them
         self.uplink.join(timeout_s=self.config.inference.timeout_s + 1.0)
         while (job := self.queue.get(0)) is not None:
             self._to_spool(job)
+        self.publisher.flush()
         self.publisher.publish(self.topics.stats, self.stats(), qos=0)
         self.publisher.stop()
         self.uplink.client.close()
@@ -167,16 +168,18 @@ class Daemon:
         self._on_camera_state(cam.name, worker.state, None)
         worker.start()
 
-    def _stop_cameras(self, names: list[str]) -> None:
-        """Signal every camera first, then join them against one deadline (not one each)."""
-        workers = [self.workers.pop(name) for name in names]
+    def _stop_cameras(self, names: list[str], keep: bool = False) -> None:
+        """Signal every camera first, then join them against one deadline (not one each).
+        `keep`: leave them in `workers` (shutdown) instead of retiring them (reload)."""
+        workers = [self.workers[name] if keep else self.workers.pop(name) for name in names]
         for worker in workers:
             worker.stop_event.set()
         limit_s = max([max(w.settings.read_timeout_s, w.settings.open_timeout_s) for w in workers] or [0.0])
         deadline = time.monotonic() + limit_s + 2.0
         for worker in workers:
             worker.join(timeout=max(0.0, deadline - time.monotonic()))
-            self.retired_sampled[worker.settings.name] += worker.counters.sampled
+            if not keep:
+                self.retired_sampled[worker.settings.name] += worker.counters.sampled
 
     def _start_metrics(self) -> MetricsServer | None:
         m = self.config.metrics
@@ -297,13 +300,15 @@ class Daemon:
                 if keeps(d.label, d.conf, cam.labels if cam else None, threshold, cam.thresholds if cam else None)]
         dets = [detection_dict(d.label, d.cls_id, d.conf, d.bbox) for d in kept]
         now_ns = time.time_ns()
+        # A message built while the broker is down waits in the outbox: it is replayed as well.
+        replayed = delivery.replayed or not self.publisher.connected.is_set()
         inference_ms = result.round_trip_s * 1000
         total_ms = (now_ns - job.captured_at_ns) / 1e6
         queue_ms = 0.0 if delivery.replayed else \
             max(0.0, total_ms - inference_ms - (job.encoded_mono - job.captured_mono) * 1000)
         payload = detections_payload(
             device_id=self.config.device_id, camera=job.camera, frame_id=job.frame_id,
-            captured_at_ns=job.captured_at_ns, published_at_ns=now_ns, replayed=delivery.replayed,
+            captured_at_ns=job.captured_at_ns, published_at_ns=now_ns, replayed=replayed,
             model_ref=self.config.inference.model_ref, width=job.width, height=job.height,
             detections=dets, inference_ms=inference_ms, total_ms=total_ms, queue_ms=queue_ms,
         )

@@ -125,18 +125,21 @@ class Publisher:
         self._pump = threading.Thread(target=self._pump_loop, args=(stop,), name="mqtt-outbox", daemon=True)
         self._pump.start()
 
-    def stop(self, timeout_s: float = 5.0) -> None:
-        """Flush the outbox while connected, publish `offline`, disconnect: all within `timeout_s`
-        (plus one second reserved for `offline`). What is not acknowledged stays in the outbox.
-
-        Call after the pump's stop event is set.
-        """
+    def flush(self, timeout_s: float = 5.0) -> None:
+        """Wait for the pump to stop, then publish the outbox while connected, until every message is
+        acknowledged or `timeout_s` passed. Call after the pump's stop event is set."""
         deadline = time.monotonic() + timeout_s
         if self._pump is not None:
             self._pump.join(timeout_s)
         while self.connected.is_set() and time.monotonic() < deadline and self._pump_step():
             self._wake.wait(0.05)
             self._wake.clear()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Flush (see `flush`), publish `offline`, disconnect: within `timeout_s`, plus at least one
+        second for `offline`. What is not acknowledged stays in the outbox for the next run."""
+        deadline = time.monotonic() + timeout_s
+        self.flush(timeout_s)
         self._stopping = True
         if self.connected.is_set():
             info = self._client.publish(self.topics.availability, OFFLINE, qos=1, retain=True)
