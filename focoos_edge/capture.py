@@ -60,6 +60,7 @@ class CaptureSettings:
     reconnect_max_s: float = 30.0
     offline_after_s: float = 60.0  # reconnecting for longer than this is reported as offline
     decode: str = DECODE_ALL  # "keyframes": decode only keyframes (PyAV); not for usb sources
+    decode_threads: int = 0  # FFmpeg decoder threads for decode "all"; 0 = OpenCV's choice (one per core)
     usb_mjpeg: bool = False  # usb: ask for MJPEG and decode sampled frames scaled (TurboJPEG)
     motion_threshold: float | None = None  # scene-change gate (mean abs grey diff); None = off
     motion_heartbeat_s: float = 60.0  # with the gate: a static scene is still sent this often
@@ -94,6 +95,9 @@ def open_capture(settings: CaptureSettings, stop: threading.Event | None = None)
         cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(settings.open_timeout_s * 1000),
         cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(settings.read_timeout_s * 1000),
     ]
+    if settings.decode_threads > 0:
+        # One thread: no frame-threading delay (one frame per extra thread) and fewer frame buffers.
+        params += [cv2.CAP_PROP_N_THREADS, settings.decode_threads]
     if src.kind == "usb":
         cap = cv2.VideoCapture(src.device, cv2.CAP_V4L2)
         cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)

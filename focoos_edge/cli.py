@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import ssl
 import sys
 import threading
 
@@ -65,6 +66,7 @@ def cmd_run(args) -> int:
         return rc
     from focoos_edge.daemon import Daemon
     from focoos_edge.encode import EncoderUnavailableError
+    from focoos_edge.spool import SpoolError
     from focoos_edge.logs import setup_logging
 
     redactor = setup_logging(args.log_level or config.log_level, config.secrets())
@@ -77,7 +79,15 @@ def cmd_run(args) -> int:
             redactor.add(secret)
 
     try:
-        Daemon(config, stop, config_path=args.config, reload=reload, on_secrets=add_secrets).run()
+        daemon = Daemon(config, stop, config_path=args.config, reload=reload, on_secrets=add_secrets)
+    except SpoolError as exc:
+        log.critical("%s", exc)
+        return EX_FATAL
+    except ssl.SSLError as exc:
+        log.critical("mqtt.tls: cannot load the certificates: %s", exc)
+        return EX_FATAL
+    try:
+        daemon.run()
     except EncoderUnavailableError as exc:
         log.critical("%s", exc)
         return EX_FATAL

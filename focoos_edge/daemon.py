@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -75,8 +76,11 @@ class Daemon:
         self.topics = Topics(config.mqtt.topic_prefix, config.device_id)
         self.started_mono = time.monotonic()
         sp = config.spool
-        self.spool = Spool(config.state_dir / "spool.db", int(sp.max_bytes), sp.max_age_s,
-                           int(sp.outbox_max_bytes) if sp.outbox_max_bytes else None)
+        try:
+            self.spool = Spool(config.state_dir / "spool.db", int(sp.max_bytes), sp.max_age_s,
+                               int(sp.outbox_max_bytes) if sp.outbox_max_bytes else None)
+        except (OSError, sqlite3.Error) as exc:
+            raise SpoolError(f"cannot use state_dir {config.state_dir} for the spool: {exc}") from None
         # Frames and messages found in the spool at start belong to this run's accounting.
         self.recovered = Counter({cam: n["frames"] + n["outbox"] for cam, n in self.spool.pending().items()})
         if self.recovered:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 import cv2
@@ -65,6 +66,7 @@ class JpegEncoder:
             from turbojpeg import TurboJPEG
         except ImportError as exc:  # pragma: no cover - dependency of the package
             raise EncoderUnavailableError(f"PyTurboJPEG is not installed ({exc})") from None
+        lib_path = lib_path or os.environ.get("TURBOJPEG") or None
         try:
             self._tj = TurboJPEG(lib_path) if lib_path else TurboJPEG()
         except (OSError, RuntimeError) as exc:

@@ -250,6 +250,8 @@ class Uplink:
             try:
                 self._check_model()
                 backoff.reset()
+                if self.health.paused.is_set():  # still paused (model not ready): not in a loop
+                    self._stop.wait(self.probe_interval_s)
             except FocoosError as exc:
                 self._note_error(None, exc)
                 self._stop.wait(backoff.next_delay() if exc.retryable else self.probe_interval_s)
@@ -313,12 +315,15 @@ class Uplink:
             try:
                 result = self._send(job, counters)
             except (AuthError, ModelNotFoundError) as exc:
+                self._breaker.success()  # the API answered: it is reachable (a probe must not hang open)
                 self._note_error(job.camera, exc)
                 return self._defer(job, spooled, attempted=False)
             except FocoosError as exc:
                 self._note_error(job.camera, exc)
                 attempts += 1
                 malformed = isinstance(exc, MalformedResponseError)
+                if malformed or not exc.retryable:
+                    self._breaker.success()  # an answer, if not a useful one: the link is up
                 if (not exc.retryable and not malformed) or (malformed and attempts >= self._max_attempts):
                     # A reply that stays malformed, or a request the API rejects (400/422), would
                     # fail for ever: dead-letter the frame instead of looping.
