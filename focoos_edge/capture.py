@@ -59,7 +59,7 @@ class CaptureSettings:
     reconnect_initial_s: float = 1.0
     reconnect_max_s: float = 30.0
     offline_after_s: float = 60.0  # reconnecting for longer than this is reported as offline
-    decode: str = DECODE_ALL  # "keyframes": decode only keyframes (PyAV); not for usb sources
+    decode: str = DECODE_ALL  # "keyframes": decode only keyframes (PyAV); files and streams only
     decode_threads: int = 0  # FFmpeg decoder threads for decode "all"; 0 = OpenCV's choice (one per core)
     usb_mjpeg: bool = False  # usb: ask for MJPEG and decode sampled frames scaled (TurboJPEG)
     motion_threshold: float | None = None  # scene-change gate (mean abs grey diff); None = off
@@ -69,6 +69,8 @@ class CaptureSettings:
     def __post_init__(self) -> None:
         if self.decode not in (DECODE_ALL, DECODE_KEYFRAMES):
             raise ValueError(f"decode must be '{DECODE_ALL}' or '{DECODE_KEYFRAMES}', not {self.decode!r}")
+        if self.decode == DECODE_KEYFRAMES and self.source.kind == "usb":
+            raise ValueError("decode: keyframes is for files and network streams (see usb_mjpeg for usb)")
 
 
 class CaptureOpenError(RuntimeError):
@@ -84,7 +86,7 @@ def open_capture(settings: CaptureSettings, stop: threading.Event | None = None)
     """
     src = settings.source
     os.environ.setdefault(_FFMPEG_OPTIONS_ENV, _FFMPEG_OPTIONS_DEFAULT)
-    if settings.decode == DECODE_KEYFRAMES and src.kind != "usb":
+    if settings.decode == DECODE_KEYFRAMES:
         try:
             return open_keyframes(src.uri, display=src.display, is_file=src.kind == "file",
                                   open_timeout_s=settings.open_timeout_s,
