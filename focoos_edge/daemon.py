@@ -319,7 +319,7 @@ class Daemon:
         try:
             self.publisher.publish_durable(job.camera, self.topics.detections(job.camera), payload,
                                            done_frame=delivery.frame_row)
-            self.features.on_result(job, kept, delivery.replayed)
+            self.features.on_result(job, kept, replayed)
         except SpoolError as exc:
             log.error("camera %s: result of frame %s not stored: %s", job.camera, job.frame_id, exc)
             if delivery.frame_row is not None:
