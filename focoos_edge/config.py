@@ -1,9 +1,10 @@
-"""Typed configuration: pydantic models, YAML loading, ``${ENV}`` substitution and ``*_file`` secrets.
+"""Typed configuration: the pydantic models of the config file and its JSON Schema.
 
 :func:`load_config` turns a YAML file into an immutable :class:`Config`, or raises
 :class:`ConfigError` whose lines name the YAML path and line of every problem
 (``cameras[1].sample_fps (line 14): ...``). Secret values never appear in those lines, in
-``repr()`` of the models, or in :meth:`Config.redacted`.
+``repr()`` of the models, or in :meth:`Config.redacted`. Reading the file (YAML, ``${ENV}``
+substitution, ``*_file`` secrets, error lines) is :mod:`focoos_edge.config_load`'s job.
 """
 
 from __future__ import annotations
@@ -13,85 +14,22 @@ import os
 import re
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import AfterValidator, BaseModel, ByteSize, ConfigDict, Field, PlainSerializer
-from pydantic import PlainValidator, SecretStr, StringConstraints, ValidationError, ValidationInfo
+from pydantic import PlainValidator, SecretStr, StringConstraints, ValidationInfo
 from pydantic import WithJsonSchema, field_serializer, field_validator, model_validator
-from pydantic_core import ErrorDetails, PydanticCustomError
+from pydantic_core import PydanticCustomError
 
-from focoos_edge.redact import MASK, redact_text, redact_url, url_secrets
+# ConfigError is re-exported: callers catch it as focoos_edge.config.ConfigError.
+from focoos_edge.config_load import ConfigError, SecretFile, existing_file, load_model, located_error
+from focoos_edge.config_load import read_secret_file, resolve_path
+from focoos_edge.redact import MASK, redact_url, url_secrets
 from focoos_edge.sources import Source, parse_source
 
 MIB = 1024 * 1024
-
-
-class ConfigError(Exception):
-    """The config cannot be used; ``errors`` holds one ``"<yaml.path> (line N): <message>"`` each."""
-
-    def __init__(self, errors: list[str]) -> None:
-        super().__init__(errors)
-        self.errors = list(errors)
-
-    def __str__(self) -> str:
-        return "\n".join(self.errors)
-
-
-# ---------------------------------------------------------------------------------------------
-# Field types. Validators read `base_dir` (the config file's folder) and `credentials_dir`
-# (systemd's $CREDENTIALS_DIRECTORY) from the validation context that load_config passes.
-
-
-def _context(info: ValidationInfo, key: str) -> Any:
-    return (info.context or {}).get(key)
-
-
-def _resolve(path: Path, info: ValidationInfo) -> Path:
-    base = _context(info, "base_dir")
-    return path if path.is_absolute() or base is None else Path(base) / path
-
-
-def _locate_file(path: Path, info: ValidationInfo) -> Path:
-    credentials = _context(info, "credentials_dir")
-    if credentials and not path.is_absolute() and (Path(credentials) / path).is_file():
-        return Path(credentials) / path
-    return _resolve(path, info)
-
-
-def _existing_file(path: Path, info: ValidationInfo) -> Path:
-    located = _locate_file(path, info)
-    if not located.is_file():
-        raise ValueError(f"file not found: {located}")
-    return located
-
-
-@dataclass(frozen=True)
-class SecretFile:
-    """A secret read from a file at load time: where it came from, and its stripped content."""
-
-    path: Path
-    value: str = field(repr=False)
-
-
-def _read_secret_file(value: Any, info: ValidationInfo) -> SecretFile:
-    if isinstance(value, SecretFile):
-        return value
-    if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
-        raise ValueError("expected a file path")
-    path = _locate_file(Path(value), info)
-    try:
-        secret = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ValueError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
-    except UnicodeDecodeError:
-        raise ValueError(f"cannot read {path}: not UTF-8 text") from None
-    if not secret:
-        raise ValueError(f"{path} is empty")
-    return SecretFile(path, secret)
 
 
 def _at_least_1mib(size: ByteSize) -> ByteSize:
@@ -116,20 +54,15 @@ ApiKey = Annotated[SecretStr, AfterValidator(_strip_secret), _MASKED]
 Password = Annotated[SecretStr, AfterValidator(_not_blank), _MASKED]
 SecretFilePath = Annotated[
     SecretFile,
-    PlainValidator(_read_secret_file),
+    PlainValidator(read_secret_file),
     PlainSerializer(lambda secret: str(secret.path), return_type=str),
     WithJsonSchema({"type": "string", "format": "path"}),
 ]
 SpoolBytes = Annotated[ByteSize, AfterValidator(_at_least_1mib)]
-ConfigPath = Annotated[Path, AfterValidator(_resolve)]
-ExistingFile = Annotated[Path, AfterValidator(_existing_file)]
+ConfigPath = Annotated[Path, AfterValidator(resolve_path)]
+ExistingFile = Annotated[Path, AfterValidator(existing_file)]
 NonEmpty = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 TOPIC_PREFIX_PATTERN = r"^[^/+#\x00]+(/[^/+#\x00]+)*$"
-
-
-def _located(loc: tuple[str | int, ...], kind: str, message: str) -> PydanticCustomError:
-    """An error for a field below the model that raises it; `_describe` appends ``ctx["loc"]``."""
-    return PydanticCustomError(kind, message, {"loc": loc})
 
 
 def _default_device_id() -> str:
@@ -193,9 +126,9 @@ class InferenceConfig(_Model):
     @model_validator(mode="after")
     def _exactly_one_key(self) -> InferenceConfig:
         if self.api_key is not None and self.api_key_file is not None:
-            raise _located(("api_key_file",), "key_conflict", "set api_key or api_key_file, not both")
+            raise located_error(("api_key_file",), "key_conflict", "set api_key or api_key_file, not both")
         if self.api_key is None and self.api_key_file is None:
-            raise _located(("api_key",), "key_missing", "an API key is required (api_key or api_key_file)")
+            raise located_error(("api_key",), "key_missing", "an API key is required (api_key or api_key_file)")
         return self
 
     @property
@@ -217,7 +150,7 @@ class TlsConfig(_Model):
     def _cert_and_key(self) -> TlsConfig:
         if (self.cert_file is None) != (self.key_file is None):
             missing = "key_file" if self.key_file is None else "cert_file"
-            raise _located((missing,), "tls_pair", "cert_file and key_file go together")
+            raise located_error((missing,), "tls_pair", "cert_file and key_file go together")
         return self
 
 
@@ -259,9 +192,9 @@ class MqttConfig(_Model):
     @model_validator(mode="after")
     def _credentials(self) -> MqttConfig:
         if self.password is not None and self.password_file is not None:
-            raise _located(("password_file",), "password_conflict", "set password or password_file, not both")
+            raise located_error(("password_file",), "password_conflict", "set password or password_file, not both")
         if self.password_value is not None and self.username is None:
-            raise _located(("username",), "password_without_username", "a password needs a username")
+            raise located_error(("username",), "password_without_username", "a password needs a username")
         return self
 
     @property
@@ -348,7 +281,7 @@ class CameraConfig(_Model):
     def _parse_source(cls, value: str, info: ValidationInfo) -> str:
         source = parse_source(value)
         if source.kind == "file" and not os.path.isabs(source.uri):
-            return str(_resolve(Path(source.uri), info))
+            return str(resolve_path(Path(source.uri), info))
         return value.strip()
 
     @field_serializer("source", when_used="json")
@@ -429,184 +362,10 @@ def config_json_schema() -> dict[str, Any]:
     }
 
 
-# ---------------------------------------------------------------------------------------------
-# Loading
-
-Loc = tuple[Any, ...]
-# `$$`, a well-formed `${NAME}` / `${NAME:-default}`, or a malformed `${` (reported as an error).
-_REFERENCE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\{")
-# Pydantic's wording for these names Python types ("tuple", "MqttConfig"): say it in YAML terms.
-_YAML_MESSAGES = {
-    "model_type": "expected a mapping",
-    "dict_type": "expected a mapping",
-    "tuple_type": "expected a list",
-    "too_short": "must have at least {min_length} item(s)",
-    "path_type": "expected a path",
-    "missing": "required key is missing",
-}
-
-
 def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
     """Read, substitute and validate a YAML config file; raise :class:`ConfigError` on any problem.
 
     ``environ`` (default ``os.environ``) feeds ``${VAR}`` substitution and ``CREDENTIALS_DIRECTORY``.
     Relative paths resolve against the config file's folder.
     """
-    environ = os.environ if environ is None else environ
-    path = Path(path)
-    root, data = _parse_yaml(_read_text(path))
-    if not isinstance(data, dict):
-        raise ConfigError([_line(root, (), "the top level must be a mapping of keys")])
-    problems: list[tuple[Loc, str]] = []
-    data = _substitute(data, environ, (), problems)
-    if problems:
-        raise ConfigError([_line(root, loc, message) for loc, message in problems])
-    context = {
-        "base_dir": Path(os.path.abspath(path)).parent,
-        "credentials_dir": environ.get("CREDENTIALS_DIRECTORY"),
-    }
-    try:
-        return Config.model_validate(data, context=context)
-    except ValidationError as exc:
-        # `from None`: the ValidationError's own text quotes input values, secrets included.
-        secrets = _raw_secrets(data)
-        raise ConfigError(
-            [redact_text(_line(root, *_describe(err)), secrets) for err in _relevant(exc.errors())]
-        ) from None
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError([f"{path}: config file not found"]) from None
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read config file: {exc.strerror}"]) from None
-    except UnicodeDecodeError:
-        raise ConfigError([f"{path}: config file is not UTF-8 text"]) from None
-
-
-def _parse_yaml(text: str) -> tuple[yaml.Node | None, Any]:
-    """Compose (keeping line numbers), check keys, then construct safely."""
-    loader = yaml.SafeLoader(text)
-    try:
-        root = loader.get_single_node()
-        problems = _check_nodes(root, (), set()) if root is not None else []
-        if problems:
-            raise ConfigError([_line(root, loc, message) for loc, message in problems])
-        return root, loader.construct_document(root) if root is not None else None
-    except yaml.MarkedYAMLError as exc:
-        # Built from the parts, not str(exc): that quotes the offending line, maybe a secret.
-        mark = exc.problem_mark or exc.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
-        what = ", ".join(part for part in (exc.context, exc.problem) if part)
-        raise ConfigError([f"YAML syntax ({where}): {what}"]) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"YAML syntax: {type(exc).__name__}"]) from None
-    finally:
-        loader.dispose()
-
-
-def _check_nodes(node: yaml.Node, loc: Loc, ancestors: set[int]) -> list[tuple[Loc, str]]:
-    """Duplicate keys (PyYAML keeps the last silently) and alias cycles (they never end)."""
-    if id(node) in ancestors:
-        return [(loc, "recursive YAML alias")]
-    if isinstance(node, yaml.MappingNode):
-        children, problems, seen = [], [], set()
-        for key, value in node.value:
-            name = key.value if isinstance(key, yaml.ScalarNode) else None
-            if name is not None and name != "<<" and name in seen:
-                problems.append(((*loc, name), f"duplicate key {name!r}"))
-            seen.add(name)
-            children.append(((*loc, name), value))
-    elif isinstance(node, yaml.SequenceNode):
-        children, problems = [((*loc, i), item) for i, item in enumerate(node.value)], []
-    else:
-        return []
-    for child_loc, child in children:
-        problems += _check_nodes(child, child_loc, ancestors | {id(node)})
-    return problems
-
-
-def _substitute(data: Any, environ: Mapping[str, str], loc: Loc, problems: list[tuple[Loc, str]]) -> Any:
-    """Expand ``${VAR}``, ``${VAR:-default}`` and ``$$`` in every string value (not in keys)."""
-    if isinstance(data, dict):
-        return {key: _substitute(value, environ, (*loc, key), problems) for key, value in data.items()}
-    if isinstance(data, list):
-        return [_substitute(value, environ, (*loc, i), problems) for i, value in enumerate(data)]
-    if not isinstance(data, str):
-        return data
-
-    def expand(match: re.Match[str]) -> str:
-        name, default = match.group(1), match.group(2)
-        if match.group(0) == "$$":
-            return "$"
-        if name is None:
-            problems.append((loc, "malformed ${...} reference (write $$ for a literal $)"))
-            return ""
-        value = environ.get(name)
-        if value:  # like the shell's ${VAR:-default}: an empty value takes the default too
-            return value
-        if default is not None:
-            return default
-        if value is None:
-            problems.append((loc, f"environment variable {name} is not set"))
-        return ""
-
-    return _REFERENCE.sub(expand, data)
-
-
-def _describe(err: ErrorDetails) -> tuple[Loc, str]:
-    """The YAML location and a message for one pydantic error, never quoting the input."""
-    loc = (*err["loc"], *err.get("ctx", {}).get("loc", ()))
-    if err["type"] == "extra_forbidden":
-        return loc, f"unknown key {loc[-1]!r}"
-    if err["type"] in _YAML_MESSAGES:
-        return loc, _YAML_MESSAGES[err["type"]].format(**err.get("ctx", {}))
-    return loc, err["msg"].removeprefix("Value error, ")
-
-
-def _relevant(errors: list[ErrorDetails]) -> list[ErrorDetails]:
-    """Drop "too short" for a tuple with failed items: pydantic counts only the items that passed."""
-    failed = [err["loc"] for err in errors if err["type"] != "too_short"]
-    return [
-        err for err in errors
-        if err["type"] != "too_short" or not any(loc[: len(err["loc"])] == err["loc"] for loc in failed)
-    ]
-
-
-def _line(root: yaml.Node | None, loc: Loc, message: str) -> str:
-    """``"<yaml.path> (line N): message"``, N of the deepest node of ``loc`` that exists."""
-    node, line = root, (root.start_mark.line + 1 if root is not None else 1)
-    for part in loc:
-        found = _child(node, part)
-        if found is None:
-            break
-        node, line = found[1], found[0].start_mark.line + 1
-    return f"{_format_loc(loc)} (line {line}): {message}"
-
-
-def _child(node: yaml.Node | None, part: Any) -> tuple[yaml.Node, yaml.Node] | None:
-    if isinstance(node, yaml.MappingNode):
-        # Last match: the key PyYAML kept (merged `<<` keys come first, own keys override them).
-        for key, value in reversed(node.value):
-            if isinstance(key, yaml.ScalarNode) and key.value == str(part):
-                return key, value
-    if isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
-        return node.value[part], node.value[part]
-    return None
-
-
-def _format_loc(loc: Loc) -> str:
-    text = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
-    return text.removeprefix(".") or "config"
-
-
-def _raw_secrets(data: dict[str, Any]) -> list[str]:
-    """Secret values of not-yet-validated data: error lines are scrubbed of them."""
-    inference, mqtt, cameras = (data.get(key) for key in ("inference", "mqtt", "cameras"))
-    found = [inference.get("api_key") if isinstance(inference, dict) else None]
-    found.append(mqtt.get("password") if isinstance(mqtt, dict) else None)
-    for camera in cameras if isinstance(cameras, list) else []:
-        found += url_secrets(camera.get("source")) if isinstance(camera, dict) else []
-    return [value for value in found if isinstance(value, str) and value]
+    return load_model(path, Config, environ)
