@@ -3,8 +3,9 @@
 It speaks the wire format of the Focoos HUB remote-inference API (``/v0/models/...``, ``/v0/user/``)
 so the daemon, the demo, the tests and developers of MQTT consumers can work without a cloud
 account. The "model" finds ArUco markers (dictionary ``DICT_4X4_50``): boxes are exact and
-predictable, so a test can draw markers where it likes (see :func:`draw_markers`) and check the
-boxes that come back. Only the standard library serves HTTP (``ThreadingHTTPServer``).
+predictable, so a test can draw markers where it likes (see :func:`draw_markers`, in
+:mod:`focoos_edge.aruco` with the detector) and check the boxes that come back. Only the standard
+library serves HTTP (``ThreadingHTTPServer``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import cv2
 import numpy as np
 
+# Re-exported: tests and the demo import the marker helpers from here.
+from focoos_edge.aruco import CLASSES, NUM_MARKER_IDS, detect_markers, draw_markers, new_detector
+
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 8501
@@ -36,8 +40,6 @@ DEFAULT_THRESHOLD = 0.5
 MAX_BODY_BYTES = 20 * 1024 * 1024
 API_KEY_ENV = "FOCOOS_LOCAL_API_KEY"
 MODEL_IM_SIZE = 640
-NUM_MARKER_IDS = 50  # DICT_4X4_50
-CLASSES = tuple(f"aruco_{i}" for i in range(NUM_MARKER_IDS))
 MODEL_DESCRIPTION = "ArUco DICT_4X4_50 marker detector (OpenCV, CPU)"
 # Idle keep-alive connections (and stalled uploads) are dropped after this, so handler threads end.
 CONNECTION_IDLE_TIMEOUT_S = 60.0
@@ -64,37 +66,6 @@ class ServerStats:
             setattr(self, name, getattr(self, name) + n)
 
 
-def _aruco_dictionary() -> cv2.aruco.Dictionary:
-    return cv2.aruco.getPredefinedDictionary(cv2.aruco.DICT_4X4_50)
-
-
-def draw_markers(frame: np.ndarray, markers: list[tuple[int, int, int, int]]) -> np.ndarray:
-    """Draw ArUco markers (``DICT_4X4_50``) into ``frame`` in place and return it.
-
-    Each marker is ``(marker_id, x, y, size)``: marker ``marker_id`` drawn ``size`` x ``size``
-    pixels with its top-left corner at ``(x, y)``. A white quiet zone of one module (``size / 6``)
-    is painted around it (clipped to the frame; keep markers that far apart) so it is detectable
-    on any background. The
-    detector reports it at about ``[x, y, x + size - 1, y + size - 1]``, times any resize factor.
-    Raises ``ValueError`` if a marker does not fit in the frame or its id/size is invalid.
-    """
-    dictionary = _aruco_dictionary()
-    height, width = frame.shape[:2]
-    for marker_id, x, y, size in markers:
-        if not 0 <= marker_id < NUM_MARKER_IDS:
-            raise ValueError(f"marker id {marker_id} outside 0..{NUM_MARKER_IDS - 1}")
-        if size < 6:  # 4x4 bits + 1-bit border on each side: smaller cannot be drawn
-            raise ValueError(f"marker size {size} px is below the minimum of 6 px")
-        if x < 0 or y < 0 or x + size > width or y + size > height:
-            raise ValueError(f"marker {marker_id} at ({x}, {y}) size {size} does not fit {width}x{height}")
-        quiet_px = max(1, size // 6)
-        white = 255 if frame.ndim == 2 else (255,) * frame.shape[2]
-        frame[max(0, y - quiet_px):y + size + quiet_px, max(0, x - quiet_px):x + size + quiet_px] = white
-        tile = cv2.aruco.generateImageMarker(dictionary, marker_id, size)
-        frame[y:y + size, x:x + size] = tile if frame.ndim == 2 else tile[:, :, None]
-    return frame
-
-
 def extract_form_file(content_type: str, body: bytes, field_name: str = "file") -> bytes:
     """Return the content of the ``field_name`` part of a ``multipart/form-data`` body.
 
@@ -111,29 +82,6 @@ def extract_form_file(content_type: str, body: bytes, field_name: str = "file") 
             # decode=True returns the raw bytes whatever the part's declared content type.
             return part.get_payload(decode=True) or b""
     raise UploadError(f"missing form field '{field_name}'")
-
-
-def detect_markers(detector: cv2.aruco.ArucoDetector, image: np.ndarray) -> list[dict]:
-    """Run ``detector`` on a BGR or grey image and return Focoos-style detections (no filtering)."""
-    if hasattr(detector, "detectMarkersWithConfidence"):
-        corners, ids, scores, _ = detector.detectMarkersWithConfidence(image)
-    else:  # OpenCV < 4.12 has no per-marker confidence: every decoded marker is certain.
-        corners, ids, _ = detector.detectMarkers(image)
-        scores = None if ids is None else np.ones(len(ids), np.float32)
-    if ids is None:
-        return []
-    detections = []
-    for quad, marker_id, score in zip(corners, ids.flatten(), np.asarray(scores).flatten()):
-        points = quad.reshape(-1, 2)
-        x1, y1 = points.min(axis=0)
-        x2, y2 = points.max(axis=0)
-        detections.append({
-            "bbox": [round(float(v), 1) for v in (x1, y1, x2, y2)],
-            "conf": round(float(score), 4),
-            "cls_id": int(marker_id),
-            "label": CLASSES[int(marker_id)],
-        })
-    return detections
 
 
 def _parse_threshold(query: str) -> float:
@@ -292,7 +240,7 @@ class LocalServer:
     def _detector(self) -> cv2.aruco.ArucoDetector:
         detector = getattr(self._detectors, "detector", None)
         if detector is None:
-            detector = cv2.aruco.ArucoDetector(_aruco_dictionary(), cv2.aruco.DetectorParameters())
+            detector = new_detector()
             self._detectors.detector = detector
         return detector
 
