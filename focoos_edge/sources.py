@@ -99,7 +99,8 @@ def _parse_network(scheme: str, text: str) -> Source:
         raise ValueError(f"{scheme}:// URL contains whitespace (percent-encode it as %20)")
     try:
         parts = urlsplit(text)
-        host, _port = parts.hostname, parts.port
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError on a bad port; the value is not needed
     except ValueError:
         # `from None`: urllib's own message quotes the port text, which may be part of a password.
         raise ValueError(

@@ -17,6 +17,8 @@ from typing import Callable, Iterator
 import pytest
 
 import media
+from daemon_infra import KEY
+from focoos_edge.localserver import LocalServer
 from media import Marker
 from mqtt_infra import CLIENTS_APT, MOSQUITTO_APT, Mosquitto, MqttSubscriber
 from procs import ChildProcess, InfraError, ProcessRegistry, require_tool
@@ -180,6 +182,15 @@ def marker_clip(ffmpeg_tool: None, tmp_path_factory: pytest.TempPathFactory) -> 
         clip.path, clip.width, clip.height, clip.fps, clip.seconds, markers=clip.markers
     )
     return clip
+
+
+@pytest.fixture
+def local_server() -> Iterator[LocalServer]:
+    """A Focoos-compatible inference server (real ArUco detector) on a free port, key `daemon_infra.KEY`."""
+    server = LocalServer(port=0, api_key=KEY)
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 from datetime import datetime
 
 import cv2
@@ -10,24 +9,13 @@ import numpy as np
 import pytest
 
 import httpfault
-from daemon_infra import daemon_command, daemon_config
-from focoos_edge import contract
+from daemon_infra import KEY, TOPIC, daemon_command, daemon_config, state_is, stop_daemon
 from focoos_edge.localserver import LocalServer
 from procs import free_port, wait_until
 
-KEY = "test-key-0123"
 CANARY = "CANARY-7f3a9c"
-TOPIC = "focoos/box1"
 PAYLOAD_KEYS = {"v", "device_id", "camera", "frame_id", "captured_at", "published_at", "replayed", "model_ref",
                 "width", "height", "detections", "latency_ms"}
-
-
-@pytest.fixture
-def local_server():
-    server = LocalServer(port=0, api_key=KEY)
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -40,42 +28,6 @@ def start_daemon(spawn, tmp_path):
 
 def ts(text: str) -> datetime:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def state_is(topic: str, state: str):
-    return lambda m: m.topic == topic and m.json()["state"] == state
-
-
-def assert_accounted(stats: dict) -> None:
-    """Every sampled frame is delivered, pending, evicted or dead-lettered: exact equality."""
-    for name, cam in stats["cameras"].items():
-        assert cam["produced"] == cam["delivered"] + cam["pending"] + cam["evicted"] + cam["dead_lettered"], \
-            (name, cam)
-
-
-def assert_valid_messages(sub) -> None:
-    """Every message the daemon published validates against its JSON Schema (independent validator)."""
-    checked = 0
-    for m in sub.messages("focoos/#"):
-        kind = contract.classify_topic(m.topic, "focoos")
-        assert kind is not None, m.topic
-        if kind.schema is not None and m.payload_bytes:
-            contract.validate_payload(kind.schema, m.payload_bytes)
-            checked += 1
-    assert checked > 0
-
-
-def stop_daemon(daemon, sub):
-    """SIGTERM: exit 0, `offline` published on availability, final stats balanced, every message valid."""
-    mark = sub.count
-    daemon.signal(signal.SIGTERM)
-    assert daemon.wait(30) == 0, daemon.describe()
-    sub.wait_for(lambda m: m.topic == f"{TOPIC}/availability" and m.payload == "offline", 10,
-                 "availability offline", since=mark)
-    final = sub.messages(f"{TOPIC}/stats", since=mark)[-1].json()
-    assert_accounted(final)
-    assert_valid_messages(sub)
-    return final
 
 
 def test_rtsp_to_mqtt_end_to_end(marker_clip, rtsp_server, local_server, mosquitto, mqtt_sub, start_daemon):
@@ -172,8 +124,8 @@ def test_slow_inference_never_sends_stale_frames(rtsp_server, mosquitto, mqtt_su
             assert waited_ms <= 2 * interval_ms, p["latency_ms"]
             assert p["latency_ms"]["inference"] >= 1000
         # Frames the busy uplink could not take live wait in the spool instead of being lost.
-        stats = sub.wait_for(lambda m: m.topic == f"{TOPIC}/stats" and m.json()["cameras"]["cam"]["spooled"] > 0,
-                             10, "frames spooled").json()
+        sub.wait_for(lambda m: m.topic == f"{TOPIC}/stats" and m.json()["cameras"]["cam"]["spooled"] > 0,
+                     10, "frames spooled")
         final = stop_daemon(daemon, sub)
         assert final["cameras"]["cam"]["pending"] > 0  # the backlog a busy uplink could not drain
     finally:

@@ -35,7 +35,7 @@ import media
 from daemon_infra import daemon_command, daemon_config
 from mqtt_infra import MqttSubscriber
 from procs import ChildProcess, wait_until
-from test_e2e import stop_daemon
+from daemon_infra import stop_daemon
 
 KEY = "fault-key-0123"
 CAM = "cam"

@@ -12,12 +12,10 @@ import threading
 
 import pytest
 
-from daemon_infra import daemon_command, daemon_config
+from daemon_infra import KEY, daemon_command, daemon_config
 from focoos_edge import contract
-from focoos_edge.localserver import LocalServer
 from focoos_edge.metrics import CONTENT_TYPE, MetricsServer, render
 
-KEY = "metrics-test-key"
 TOPIC = "focoos/box1"
 NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
 SAMPLE = re.compile(rf"^({NAME})(?:\{{(.*)\}})? (\S+)$")
@@ -156,14 +154,6 @@ def test_prometheus_client_parses_the_output():
     assert {s.labels["camera"]: s.value for s in uploaded.samples} == {"yard": 38, "door": 38, "gone": 38}
     info = families["focoos_edge_info"].samples[0]
     assert info.labels == {"device_id": 'odd"box\\1'}
-
-
-@pytest.fixture
-def local_server():
-    server = LocalServer(port=0, api_key=KEY)
-    server.start()
-    yield server
-    server.stop()
 
 
 def test_render_a_real_stats_message(marker_clip, local_server, mosquitto, mqtt_sub, spawn, tmp_path):

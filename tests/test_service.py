@@ -8,7 +8,6 @@ import sqlite3
 import socket
 import time
 
-import pytest
 import yaml
 
 from daemon_infra import daemon_command, daemon_config
@@ -16,15 +15,7 @@ from focoos_edge.daemon import stalled
 from focoos_edge.localserver import LocalServer
 from focoos_edge.logs import RateLimitFilter
 from procs import wait_until
-from test_e2e import KEY, TOPIC, state_is, stop_daemon
-
-
-@pytest.fixture
-def local_server():
-    server = LocalServer(port=0, api_key=KEY)
-    server.start()
-    yield server
-    server.stop()
+from daemon_infra import KEY, TOPIC, state_is, stop_daemon
 
 
 def _camera(name, clip, **extra):

@@ -8,21 +8,11 @@ import subprocess
 
 import cv2
 import numpy as np
-import pytest
 import yaml
 
 from daemon_infra import daemon_command, daemon_config
 from focoos_edge.annotate import colour_for
-from focoos_edge.localserver import LocalServer
-from test_e2e import KEY, TOPIC, stop_daemon
-
-
-@pytest.fixture
-def local_server():
-    server = LocalServer(port=0, api_key=KEY)
-    server.start()
-    yield server
-    server.stop()
+from daemon_infra import KEY, TOPIC, stop_daemon
 
 
 def test_snapshot_counts_and_discovery(marker_clip, local_server, mosquitto, mqtt_sub, spawn, tmp_path):

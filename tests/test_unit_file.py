@@ -27,15 +27,13 @@ from pathlib import Path
 
 import pytest
 
-from daemon_infra import daemon_config
+from daemon_infra import KEY, daemon_config
 from focoos_edge.config import CameraConfig, InferenceConfig, load_config
-from focoos_edge.localserver import LocalServer
 from procs import InfraError, require_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 UNIT = ROOT / "systemd" / "focoos-edge.service"
 VENV_EXE = "/opt/focoos-edge/venv/bin/focoos-edge"
-KEY = "unit-test-key"
 TOPIC = "focoos/box1"
 PUBLISHER_STOP_S = 15.0  # Publisher.stop: pump join, outbox flush, `offline` ack: 5 s each
 
@@ -359,14 +357,6 @@ def test_sandbox_forbids_what_the_unit_forbids_and_keeps_the_rest(sandboxed, mos
     # The private mount namespace did not leak into the host.
     assert not Path("/focoos-edge-probe").exists() and Path("/proc/cpuinfo").exists()
     assert os.access("/tmp", os.W_OK)
-
-
-@pytest.fixture
-def local_server():
-    server = LocalServer(port=0, api_key=KEY)
-    server.start()
-    yield server
-    server.stop()
 
 
 def test_daemon_runs_and_stops_cleanly_under_the_units_sandbox(sandboxed, marker_clip, local_server, mosquitto,
