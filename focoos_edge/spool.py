@@ -15,7 +15,8 @@ Guarantees (see docs/reliability.md):
 - the files on disk stay within `max_bytes`: `max_page_count` caps the database file, and the WAL is
   checkpointed and truncated at a fixed size.
 Rows carry a CRC32 of their blob; a row that fails it is deleted and counted as corrupt. A database
-SQLite cannot open or check is moved aside at start, never crash-looped on.
+SQLite cannot open or check is moved aside at start, never crash-looped on. The schema, the
+settings and budget that bound the files, the reserve file and the quarantine are in spool_disk.py.
 """
 
 from __future__ import annotations
@@ -31,43 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from focoos_edge.encode import FrameJob
+# Budget is re-exported: callers and tests import it from here.
+from focoos_edge.spool_disk import DB_SUFFIXES, Budget, ReserveFile, connect, quarantine
 
 log = logging.getLogger(__name__)
-
-SCHEMA_VERSION = 1
-PAGE_SIZE = 4096
-# Share of the database pages the payload budget may fill: B-tree pages, row headers and free-list
-# slack need the rest (measured: 50 KiB blobs use ~1.02 pages per 4 KiB of payload).
-PAYLOAD_SHARE = 0.85
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS frames (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    frame_id TEXT NOT NULL UNIQUE,
-    camera TEXT NOT NULL,
-    captured_at_ns INTEGER NOT NULL,
-    width INTEGER NOT NULL,
-    height INTEGER NOT NULL,
-    scale REAL NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    bytes INTEGER NOT NULL,
-    crc32 INTEGER NOT NULL,
-    jpeg BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    camera TEXT NOT NULL,
-    topic TEXT NOT NULL,
-    qos INTEGER NOT NULL,
-    retain INTEGER NOT NULL,
-    created_at_ns INTEGER NOT NULL,
-    bytes INTEGER NOT NULL,
-    crc32 INTEGER NOT NULL,
-    payload BLOB NOT NULL
-);
-"""
-
 
 class SpoolError(RuntimeError):
     """An item could not be stored (disk full even after evicting, or an I/O error)."""
@@ -94,28 +62,6 @@ class OutboxMessage:
     payload: bytes
 
 
-@dataclass(frozen=True)
-class Budget:
-    """Byte limits derived from `max_bytes` (the whole on-disk footprint)."""
-
-    max_bytes: int
-    wal_bytes: int
-    max_pages: int
-    payload_bytes: int
-    outbox_bytes: int
-
-    @classmethod
-    def derive(cls, max_bytes: int, outbox_max_bytes: int | None = None) -> Budget:
-        # The WAL is truncated back to this size after each checkpoint. A reserve file of the same
-        # size is the headroom that lets acks and evictions proceed on a full filesystem.
-        wal = max(64 * 1024, min(4 * 1024 * 1024, max_bytes // 8))
-        shm = 32 * 1024
-        pages = max(16, (max_bytes - 2 * wal - shm) // PAGE_SIZE)
-        payload = int(pages * PAGE_SIZE * PAYLOAD_SHARE)
-        outbox = min(outbox_max_bytes or payload // 4, payload // 2)
-        return cls(max_bytes, wal, pages, payload, outbox)
-
-
 def _crc(data: bytes) -> int:
     return zlib.crc32(data) & 0xFFFFFFFF
 
@@ -136,10 +82,9 @@ class Spool:
         self._frame_bytes = 0
         self._outbox_bytes = 0
         self.disk_full = False
-        self._reserve = Path(f"{self.path}-reserve")
-        self._reserve_held = False
+        self._reserve = ReserveFile(Path(f"{self.path}-reserve"), self.budget.wal_bytes)
         self._db = self._open()
-        self._keep_reserve()
+        self._reserve.keep()
 
     def _fit_to_disk(self, max_bytes: int) -> int:
         """At most half the free space (plus what the spool already holds): the card is shared."""
@@ -155,54 +100,17 @@ class Spool:
     # -- opening and recovery --------------------------------------------------------------
     def _open(self) -> sqlite3.Connection:
         try:
-            db = self._connect()
+            db = connect(self.path, self.budget)
         except sqlite3.DatabaseError as exc:
             self._quarantine(f"cannot be opened ({exc})")
-            db = self._connect()
+            db = connect(self.path, self.budget)
         self._frame_bytes = db.execute("SELECT COALESCE(SUM(bytes), 0) FROM frames").fetchone()[0]
         self._outbox_bytes = db.execute("SELECT COALESCE(SUM(bytes), 0) FROM outbox").fetchone()[0]
         return db
 
-    def _connect(self) -> sqlite3.Connection:
-        old_umask = os.umask(0o077)  # the database, WAL and shm files are private (0600)
-        try:
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10)
-        finally:
-            os.umask(old_umask)
-        try:
-            self._configure(db)
-            check = db.execute("PRAGMA quick_check").fetchone()[0]
-            if check != "ok":
-                raise sqlite3.DatabaseError(f"quick_check: {check}")
-            db.executescript(_SCHEMA)
-            db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        except sqlite3.DatabaseError:
-            db.close()
-            raise
-        return db
-
-    def _configure(self, db: sqlite3.Connection) -> None:
-        b = self.budget
-        db.execute(f"PRAGMA page_size={PAGE_SIZE}")  # only effective on a new database
-        db.execute("PRAGMA journal_mode=WAL")  # readers never block the writer; one fsync per commit
-        db.execute("PRAGMA synchronous=FULL")  # a committed put survives power loss, not only crashes
-        db.execute(f"PRAGMA max_page_count={b.max_pages}")  # hard cap on the database file
-        db.execute(f"PRAGMA wal_autocheckpoint={max(16, b.wal_bytes // PAGE_SIZE // 2)}")
-        db.execute(f"PRAGMA journal_size_limit={b.wal_bytes}")  # truncate the WAL after checkpoints
-        db.execute("PRAGMA temp_store=MEMORY")
-        db.execute("PRAGMA secure_delete=OFF")  # no zero-fill: fewer writes on SD cards
-
     def _quarantine(self, why: str) -> None:
-        stamp = time.strftime("%Y%m%dT%H%M%S")
-        base, n = f"{self.path}.corrupt-{stamp}", 1
-        while any(os.path.exists(f"{base}{suffix}") for suffix in ("", "-wal", "-shm")):
-            base, n = f"{self.path}.corrupt-{stamp}.{n}", n + 1  # never overwrite an earlier one
-        for suffix in ("", "-wal", "-shm"):
-            src = Path(f"{self.path}{suffix}")
-            if src.exists():
-                dst = Path(f"{base}{suffix}")
-                src.rename(dst)
-                self.quarantined.append(str(dst))
+        base, moved = quarantine(self.path)
+        self.quarantined += moved
         log.error("spool %s %s: moved aside as %s*, starting an empty spool", self.path, why, base)
 
     def close(self) -> None:
@@ -231,8 +139,8 @@ class Spool:
                         self._undo(evicted)
                         raise
                     self.disk_full = False
-                    if not self._reserve_held:
-                        self._keep_reserve()
+                    if not self._reserve.held:
+                        self._reserve.keep()
                     return result
                 except sqlite3.OperationalError as exc:
                     if "full" not in str(exc):
@@ -244,27 +152,9 @@ class Spool:
             self.disk_full = True
             raise SpoolError("spool is full: the disk has no space left for it")
 
-    def _keep_reserve(self) -> None:
-        """Hold `wal_bytes` of disk in a file only the spool frees: on a full disk, deleting it lets
-        acks, evictions and the checkpoint (which may have to grow the database file) complete."""
-        old_umask = os.umask(0o077)
-        try:
-            fd = os.open(self._reserve, os.O_WRONLY | os.O_CREAT, 0o600)
-        finally:
-            os.umask(old_umask)
-        try:
-            os.posix_fallocate(fd, 0, self.budget.wal_bytes)
-            self._reserve_held = True
-        except OSError:  # no room for it now: tried again after the next successful write
-            self._reserve.unlink(missing_ok=True)
-        finally:
-            os.close(fd)
-
     def _release_reserve(self) -> bool:
-        if not self._reserve_held:
+        if not self._reserve.release():
             return False
-        self._reserve.unlink(missing_ok=True)
-        self._reserve_held = False
         log.warning("spool: the disk is full; released the %d-byte reserve so that acks can proceed",
                     self.budget.wal_bytes)
         return True
@@ -488,5 +378,5 @@ class Spool:
 
     def disk_bytes(self) -> int:
         """Bytes the spool's files take on disk now."""
-        return sum(os.path.getsize(p) for p in (f"{self.path}{s}" for s in ("", "-wal", "-shm", "-reserve"))
+        return sum(os.path.getsize(p) for p in (f"{self.path}{s}" for s in (*DB_SUFFIXES, "-reserve"))
                    if os.path.exists(p))
