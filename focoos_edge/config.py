@@ -10,6 +10,7 @@ substitution, ``*_file`` secrets, error lines) is :mod:`focoos_edge.config_load`
 from __future__ import annotations
 
 import ipaddress
+import importlib.util
 import os
 import re
 import socket
@@ -275,6 +276,19 @@ class CameraConfig(_Model):
     loop: bool = Field(True, description="File sources restart at the end.")
     open_timeout_s: float = Field(10, gt=0, description="Timeout to open the source.")
     read_timeout_s: float = Field(10, gt=0, description="A source silent this long is reopened.")
+    decode: Literal["all", "keyframes"] = Field(
+        "all", description="'keyframes': decode only keyframes (needs the 'keyframes' extra, PyAV); far less "
+                           "CPU when sample_fps is at or below the stream's keyframe rate. Files and streams only.")
+    decode_threads: int = Field(0, ge=0, le=16, description="FFmpeg decoder threads (0: OpenCV's choice).")
+    usb_mjpeg: bool = Field(False, description="USB cameras: ask for MJPEG and decode sampled frames scaled "
+                                                "down by TurboJPEG instead of decoding every frame in full.")
+    motion_threshold: float | None = Field(
+        None, gt=0, le=255, description="Skip frames whose scene did not change: mean absolute grey-level "
+                                        "difference to the last sent frame (e.g. 2.0); null: off.")
+    motion_heartbeat_s: float = Field(60, gt=0, description="With motion_threshold: a static scene is still "
+                                                             "sent this often.")
+    max_inferences_per_hour: int | None = Field(
+        None, ge=1, description="Hourly inference budget of this camera; frames beyond it are skipped (counted).")
 
     @field_validator("source")
     @classmethod
@@ -283,6 +297,17 @@ class CameraConfig(_Model):
         if source.kind == "file" and not os.path.isabs(source.uri):
             return str(resolve_path(Path(source.uri), info))
         return value.strip()
+
+    @model_validator(mode="after")
+    def _decode_fits_source(self) -> CameraConfig:
+        if self.decode == "keyframes":
+            if self.parsed_source.kind == "usb":
+                raise located_error(("decode",), "decode_usb",
+                                    "'keyframes' is for files and network streams (use usb_mjpeg for USB cameras)")
+            if importlib.util.find_spec("av") is None:
+                raise located_error(("decode",), "decode_pyav",
+                                    "'keyframes' needs PyAV: pip install 'focoos-edge[keyframes]'")
+        return self
 
     @field_serializer("source", when_used="json")
     def _redact_source(self, value: str) -> str:

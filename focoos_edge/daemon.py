@@ -54,6 +54,9 @@ def capture_settings(cam) -> CaptureSettings:
         name=cam.name, source=cam.parsed_source, sample_fps=cam.sample_fps,
         max_side=cam.max_side, jpeg_quality=cam.jpeg_quality, loop=cam.loop,
         open_timeout_s=cam.open_timeout_s, read_timeout_s=cam.read_timeout_s,
+        decode=cam.decode, decode_threads=cam.decode_threads, usb_mjpeg=cam.usb_mjpeg,
+        motion_threshold=cam.motion_threshold, motion_heartbeat_s=cam.motion_heartbeat_s,
+        max_inferences_per_hour=cam.max_inferences_per_hour,
     )
 
 
@@ -348,11 +351,15 @@ class Daemon:
         w = self.workers.get(camera)
         up = self.uplink.counters[camera]
         evicted = {reason: n for (c, reason), n in dict(self.spool.evicted).items() if c == camera}
+        hour = up.last_hour.last_hour()
         return {
             "state": w.state if w else "removed", "fps": round(w.fps(), 2) if w else 0.0,
             "grabbed": w.counters.grabbed if w else 0, "sampled": w.counters.sampled if w else 0,
             "reconnects": w.counters.reconnects if w else 0,
             "uploaded": up.uploaded, "bytes_uploaded": up.bytes_uploaded, "results": up.results,
+            "inferences_last_hour": hour[0], "bytes_uploaded_last_hour": hour[1],
+            "skipped_static": w.counters.skipped_static if w else 0,
+            "skipped_budget": w.counters.skipped_budget if w else 0,
             "spooled": up.spooled, "errors": dict(up.errors), "evicted_by_reason": evicted,
             "dead_lettered_by_reason": dict(up.dead_lettered),
             "inference_ms": {"p50": percentile(up.round_trips_ms, 0.5),

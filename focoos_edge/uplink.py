@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from focoos_edge.backoff import Backoff
 from focoos_edge.encode import FrameJob
 from focoos_edge.spool import Spool, SpooledFrame, SpoolError
+from focoos_edge.stats import HourlyRate
 from focoos_edge.focoos import (
     AuthError,
     FocoosClient,
@@ -143,6 +144,7 @@ class UplinkCounters:
     spooled: int = 0  # live frames that went to the spool (uplink busy, unreachable or paused)
     dead_lettered: Counter = field(default_factory=Counter)
     errors: Counter = field(default_factory=Counter)
+    last_hour: HourlyRate = field(default_factory=HourlyRate)  # uploads and their bytes
     round_trips_ms: deque = field(default_factory=lambda: deque(maxlen=256))
 
 
@@ -363,6 +365,7 @@ class Uplink:
     def _send(self, job: FrameJob, counters: UplinkCounters) -> InferenceResult:
         counters.uploaded += 1
         counters.bytes_uploaded += len(job.jpeg)
+        counters.last_hour.add(len(job.jpeg))
         route = self.routes.get(job.camera, self.default_route)  # spooled before a config change
         result = self.client.infer(self.model_ref, job.jpeg, route.threshold)
         counters.round_trips_ms.append(result.round_trip_s * 1000)
