@@ -129,15 +129,20 @@ cameras:
     sample_fps: 2
     max_side: 640
     jpeg_quality: 80
+    snapshot:
+      min_interval_s: 5
 """)
     return path
 
 
 class LiveView:
-    """Prints each detections message as it arrives over MQTT, and a summary."""
+    """Prints each detections message as it arrives over MQTT, and a summary; saves the latest
+    annotated snapshot as `snapshot_path`."""
 
-    def __init__(self, print_fn: Callable[[str], None]):
+    def __init__(self, print_fn: Callable[[str], None], snapshot_path: str | None = None):
         self.print = print_fn
+        self.snapshot_path = snapshot_path
+        self.snapshots = 0
         self.messages = 0
         self.labels: Counter = Counter()
         self.latencies_ms: list[float] = []
@@ -155,6 +160,12 @@ class LiveView:
                 self.latencies_ms.append(msg["latency_ms"]["total"])
             self.print(f"{msg['captured_at'][11:23]} {msg['camera']}: {len(msg['detections'])} detections "
                        f"in {msg['latency_ms']['total']:.0f} ms  [{boxes}]")
+        elif topic.endswith("/snapshot") and self.snapshot_path and payload:
+            with open(self.snapshot_path, "wb") as f:
+                f.write(payload)
+            if not self.snapshots:
+                self.print(f"{topic}: annotated snapshot saved as {self.snapshot_path}")
+            self.snapshots += 1
         elif topic.endswith("/state") or topic.endswith("/availability") or topic.endswith("/inference"):
             self.print(f"{topic}: {text}")
 
@@ -188,7 +199,7 @@ def run_demo(args, stop: threading.Event, print_fn: Callable[[str], None] = prin
         config = load_config(write_config(workdir, clip, server.url, mqtt_port))
         print_fn(f"demo: local inference server {server.url}, MQTT broker 127.0.0.1:{mqtt_port}; "
                  f"watch it with: mosquitto_sub -p {mqtt_port} -t 'focoos/#' -v")
-        return _run_pipeline(config, args.seconds, stop, print_fn)
+        return _run_pipeline(config, args.seconds, stop, print_fn, os.path.join(workdir, "snapshot.jpg"))
     except DemoError as exc:
         print_fn(f"demo: {exc}")
         return 1
@@ -198,8 +209,8 @@ def run_demo(args, stop: threading.Event, print_fn: Callable[[str], None] = prin
         server.stop()
 
 
-def _run_pipeline(config, seconds: float, stop: threading.Event, print_fn) -> int:
-    view = LiveView(print_fn)
+def _run_pipeline(config, seconds: float, stop: threading.Event, print_fn, snapshot_path: str) -> int:
+    view = LiveView(print_fn, snapshot_path)
     sub = subscribe(mqtt_settings(config), f"{config.mqtt.topic_prefix}/#", view.on_message)
     daemon = Daemon(config, stop)
     thread = threading.Thread(target=daemon.run, name="daemon")
