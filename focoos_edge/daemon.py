@@ -101,6 +101,7 @@ class Daemon:
                              probe_interval_s=inf.recheck_interval_s)
         self.workers: dict[str, CameraWorker] = {}
         self.metrics: MetricsServer | None = None
+        self.reloads = 0
         self.retired_sampled: Counter = Counter()  # frames sampled by workers stopped on reload
         self.cpu = CpuMeter()
         self.notifier = Notifier()
@@ -220,7 +221,10 @@ class Daemon:
                 log.warning("reload: changes to %s take effect at the next restart", part)
         old_cams = {c.name: c for c in old.cameras}
         new_cams = {c.name: c for c in new.cameras}
-        changed = [n for n in old_cams if old_cams[n] != new_cams.get(n)]
+        # Only a change to what the camera thread uses restarts it; thresholds, labels, snapshots
+        # and counts apply to the next result.
+        changed = [n for n in old_cams
+                   if n not in new_cams or capture_settings(old_cams[n]) != capture_settings(new_cams[n])]
         self._stop_cameras(changed)
         for name in changed:
             if name not in new_cams:
@@ -235,7 +239,8 @@ class Daemon:
             if name not in self.workers:
                 self._start_camera(cam)
         self.features.configure(self.config)
-        log.info("reload: %d camera(s): %s", len(new_cams), ", ".join(new_cams))
+        self.reloads += 1
+        log.info("reload %d applied: %d camera(s): %s", self.reloads, len(new_cams), ", ".join(new_cams))
         return True
 
     def _apply_inference(self, new: Config) -> None:

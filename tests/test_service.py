@@ -43,6 +43,15 @@ def test_sighup_adds_and_removes_cameras_without_touching_the_others(marker_clip
     sub.wait_for(lambda m: m.topic == f"{TOPIC}/a/detections", 10, "a still running", since=mark)
     assert not sub.messages(f"{TOPIC}/a/state", since=mark), "camera a was restarted by the reload"
 
+    _rewrite(config, lambda d: d["cameras"][0].update(threshold=1.0))  # no confidence is above 1.0
+    mark = sub.count
+    daemon.signal(signal.SIGHUP)
+    wait_until(lambda: "reload 2 applied" in daemon.stderr_text(), 20, message="second reload")
+    empty = sub.wait_for(lambda m: m.topic == f"{TOPIC}/a/detections" and not m.json()["detections"], 20,
+                         "a's detections filtered by its new threshold", since=mark)
+    assert empty.json()["frame_id"].startswith("a-")
+    assert not sub.messages(f"{TOPIC}/a/state", since=mark), "a threshold change restarted camera a"
+
     config.write_text(config.read_text() + "\nbogus_key: 1\n")
     mark = sub.count
     daemon.signal(signal.SIGHUP)
