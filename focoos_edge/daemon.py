@@ -13,6 +13,7 @@ from focoos_edge.capture import CameraWorker, CaptureSettings
 from focoos_edge.config import Config, ConfigError, load_config
 from focoos_edge.encode import FrameJob, JpegEncoder
 from focoos_edge.features import SubscriberFeatures
+from focoos_edge.logs import set_level
 from focoos_edge.metrics import MetricsServer
 from focoos_edge.focoos import FocoosClient, InferenceResult, scale_detections
 from focoos_edge.messages import (
@@ -215,6 +216,7 @@ class Daemon:
                       "\n  ".join(exc.errors))
             return False
         self._on_secrets(new.secrets())
+        set_level(new.log_level)
         old = self.config
         for part in ("device_id", "state_dir", "mqtt", "spool", "metrics"):
             if getattr(new, part) != getattr(old, part):
