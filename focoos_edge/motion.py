@@ -14,7 +14,6 @@ never more than ``per_hour`` in any sliding hour. Both are pure logic with an in
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -126,41 +125,3 @@ class InferenceBudget:
         """Inferences spent in the last hour."""
         now = self._clock()
         return sum(1 for t in self._spent if now - t < HOUR_S)
-
-
-class HourlyCounter:
-    """Events and their total size over the last hour (for 'inferences/bytes per hour' stats).
-
-    Thread-safe: one thread adds, the stats loop reads.
-    """
-
-    def __init__(self, window_s: float = HOUR_S, clock: Callable[[], float] = time.monotonic):
-        self.window_s = window_s
-        self._clock = clock
-        self._events: deque[tuple[float, int]] = deque()
-        self._total = 0
-        self._lock = threading.Lock()
-
-    def add(self, size: int = 0) -> None:
-        """Record one event of ``size`` (bytes, say)."""
-        with self._lock:
-            self._events.append((self._clock(), size))
-            self._total += size
-            self._trim()
-
-    def count(self) -> int:
-        """Events in the window."""
-        with self._lock:
-            self._trim()
-            return len(self._events)
-
-    def total(self) -> int:
-        """Sum of the sizes in the window."""
-        with self._lock:
-            self._trim()
-            return self._total
-
-    def _trim(self) -> None:  # with the lock held
-        now = self._clock()
-        while self._events and now - self._events[0][0] >= self.window_s:
-            self._total -= self._events.popleft()[1]

@@ -2,8 +2,8 @@
 """focoos-edge benchmark: the real daemon against a local RTSP camera, inference server and Mosquitto.
 
     .venv/bin/python scripts/bench.py            # about 10 minutes (40 s windows)
-    .venv/bin/python scripts/bench.py --quick    # about 5 minutes (12 s windows), noisier
-    .venv/bin/python scripts/bench.py --soak-min 30 --json bench.json
+    .venv/bin/python scripts/bench.py --quick    # about 4 minutes (12 s windows), noisier
+    .venv/bin/python scripts/bench.py --soak-min 30 --json bench.json   # 4-camera run: 30 min soak
 
 It encodes its own media with ffmpeg (cached in --work-dir): 1080p25 H.264, GOP 25 (1 s), no
 B-frames, testsrc2 with the frame number written as 12 black/white blocks, so the age of every
@@ -282,8 +282,9 @@ def run(args: argparse.Namespace) -> int:
         runs, ages = daemons(b)
         rows = cpu_rows(base, runs) + freshness_rows(runs, ages) + [bytes_row(b, runs["default"])]
         rows += [uplink_row(b)] + memory_rows(b, runs["default"], args.soak_min)
-        extra = [("busiest threads of the default daemon, % of a core",
-                  ", ".join(f"{n} {c * 100:.1f}" for n, c in runs["default"].threads[:8]))]
+        extra = [(f"busiest threads, {key}, % of a core",
+                  ", ".join(f"{n} {c * 100:.2f}" for _, n, c in runs[key].threads[:12]))
+                 for key in ("default", "keyframes")]
         extra += micro(b)
     finally:
         b.close()

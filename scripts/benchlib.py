@@ -7,7 +7,6 @@ the GStreamer RTSP server serving a pre-encoded clip in real time).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -192,7 +191,7 @@ class Run:
     rss: list[int] = field(default_factory=list)
     uploads: list = field(default_factory=list)
     messages: list = field(default_factory=list)
-    threads: list[tuple[str, float]] = field(default_factory=list)  # busiest first, CPU per s
+    threads: list[tuple] = field(default_factory=list)  # (tid, name, CPU per s), busiest first
 
 
 class Bench:
@@ -238,8 +237,8 @@ class Bench:
             raise SystemExit(proc.describe())
         wall = time.monotonic() - t0
         cpu, th1 = (cpu_s(proc.pid) - c0) / wall, thread_cpu(proc.pid)
-        threads = sorted(((name, (c - th0.get(tid, (name, 0.0))[1]) / wall) for tid, (name, c) in th1.items()),
-                         key=lambda x: -x[1])
+        threads = sorted(((tid, name, (c - th0.get(tid, (name, 0.0))[1]) / wall)
+                          for tid, (name, c) in th1.items()), key=lambda x: -x[2])
         return t0_wall, Run(cpu, rss, threads=threads)
 
     def process(self, cmd: list[str], name: str, measure_s: float | None = None) -> Run:
@@ -275,10 +274,13 @@ class Bench:
         cmd = daemon_command(work, cams, capture, api_url=api_url, mqtt_port=self.broker.port,
                              inference={"max_in_flight": 4, "timeout_s": 10}, log_level="warning",
                              stats_interval_s=5, device_id=name)
-        proc = ChildProcess(cmd, name=name, log_dir=self.logs, env={**os.environ, **(env or {})})
+        names = work / "threads.json"
+        proc = ChildProcess(cmd, name=name, log_dir=self.logs,
+                            env={**os.environ, **(env or {}), "BENCH_THREAD_NAMES": str(names)})
         try:
             t0, run = self._window(proc, self.warmup_s, measure_s or self.measure_s, rss_every_s)
             t1 = time.time()
+            run.threads = _named(run.threads, names)
         finally:
             proc.terminate(timeout_s=20)
             server.terminate() if external_server else server.stop()
@@ -300,27 +302,37 @@ class Bench:
         return server, f"http://127.0.0.1:{port}/v0"
 
 
+def _named(threads: list[tuple], names_file: Path) -> list[tuple]:
+    """Python thread names (from the shim's file) instead of the kernel's 'python'."""
+    try:
+        names = {int(k): v for k, v in json.loads(names_file.read_text()).items()}
+    except (OSError, ValueError):
+        return threads
+    return [(tid, names.get(tid, comm), c) for tid, comm, c in threads]
+
+
 def daemon_command(work: Path, cams: list[dict], capture: dict, **config) -> list[str]:
-    """`python -m focoos_edge run`, with the new capture settings in the config once it knows them,
-    until then through `bench.py _daemon` (the same CLI, settings added to every camera)."""
-    from focoos_edge.config import CameraConfig
-    known = capture.keys() <= CameraConfig.model_fields.keys()
-    if known:
-        cams = [{**c, **capture} for c in cams]
-    path = daemon_config(work, api_key=API_KEY, cameras=cams, **config)
-    if known:
-        return [sys.executable, "-m", "focoos_edge", "run", "-c", str(path)]
-    return [sys.executable, BENCH, "_daemon", json.dumps(capture), "run", "-c", str(path)]
+    """The daemon's CLI (`run -c CONFIG`, `capture` settings added to every camera) through
+    `bench.py _daemon`, which only names the threads for the report."""
+    path = daemon_config(work, api_key=API_KEY, cameras=[{**c, **capture} for c in cams], **config)
+    return [sys.executable, BENCH, "_daemon", "run", "-c", str(path)]
 
 
 def daemon_shim(argv: list[str]) -> int:
-    """`_daemon JSON run -c CONFIG`: the daemon's CLI, every camera's CaptureSettings + JSON."""
-    extras = json.loads(argv[0])
-    import focoos_edge.daemon as daemon
+    """`_daemon run -c CONFIG`: the daemon's own CLI, its threads' names written to
+    $BENCH_THREAD_NAMES every 2 s (Python does not give them to the kernel)."""
     from focoos_edge.cli import main
-    plain = daemon.capture_settings
-    daemon.capture_settings = lambda cam: dataclasses.replace(plain(cam), **extras)
-    return main(argv[1:])
+    names_path = os.environ.get("BENCH_THREAD_NAMES")
+    if names_path:
+        threading.Thread(target=_dump_thread_names, args=(Path(names_path),), daemon=True,
+                         name="bench-thread-names").start()
+    return main(argv)
+
+
+def _dump_thread_names(path: Path) -> None:
+    never = threading.Event()
+    while not never.wait(2.0):
+        path.write_text(json.dumps({t.native_id: t.name for t in threading.enumerate()}))
 
 
 def cv2_loop(argv: list[str]) -> int:

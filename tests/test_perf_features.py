@@ -33,7 +33,7 @@ from focoos_edge.mjpeg import (
     pick_scaling_factor,
     wrap_usb_capture,
 )
-from focoos_edge.motion import HourlyCounter, InferenceBudget, SceneGate, mean_abs_diff, thumbnail
+from focoos_edge.motion import InferenceBudget, SceneGate, mean_abs_diff, thumbnail
 from focoos_edge.sources import parse_source
 from procs import free_port, wait_until
 
@@ -232,17 +232,6 @@ def test_budget_caps_each_sliding_hour_and_spreads_inferences():
     assert {b - a for a, b in zip(first_hour[1:], first_hour[2:])} == {30}  # then evenly spread
     for start in range(0, 7200 - 600, 60):  # never more than a burst plus 10 minutes' worth
         assert sum(1 for t in times if start <= t < start + 600) <= 2 + 20
-
-
-def test_hourly_counter_forgets_events_older_than_the_window():
-    clock = FakeClock()
-    counter = HourlyCounter(window_s=3600, clock=clock)
-    counter.add(1000)
-    clock.now += 1800
-    counter.add(500)
-    assert (counter.count(), counter.total()) == (2, 1500)
-    clock.now += 1800
-    assert (counter.count(), counter.total()) == (1, 500)
 
 
 # -- MJPEG scaled decode ----------------------------------------------------------------------------
