@@ -279,7 +279,9 @@ class CameraConfig(_Model):
     decode: Literal["all", "keyframes"] = Field(
         "all", description="'keyframes': decode only keyframes (needs the 'keyframes' extra, PyAV); far less "
                            "CPU when sample_fps is at or below the stream's keyframe rate. Files and streams only.")
-    decode_threads: int = Field(0, ge=0, le=16, description="FFmpeg decoder threads (0: OpenCV's choice).")
+    decode_threads: int = Field(
+        1, ge=0, le=16, description="FFmpeg decoder threads (0: OpenCV's choice, one per core). One is "
+                                    "enough up to 1080p and keeps frames fresher and memory lower (docs/performance.md).")
     usb_mjpeg: bool = Field(False, description="USB cameras: ask for MJPEG and decode sampled frames scaled "
                                                 "down by TurboJPEG instead of decoding every frame in full.")
     motion_threshold: float | None = Field(

@@ -79,6 +79,9 @@ class Spool:
         self._clock_ns = clock_ns
         self._lock = threading.RLock()
         self._leased: set[int] = set()
+        # Bumped whenever a frame may have become available to take_frame(): a worker that found
+        # the spool empty queries SQLite again only after it changed.
+        self.frames_generation = 0
         self._frame_bytes = 0
         self._outbox_bytes = 0
         self.disk_full = False
@@ -188,6 +191,7 @@ class Spool:
     def put_frame(self, job: FrameJob) -> None:
         """Store a frame durably, evicting the oldest frames beyond the budget."""
         size = len(job.jpeg)
+        self.frames_generation += 1  # a frame may be there to take: idle workers look again
 
         def insert(db: sqlite3.Connection) -> None:
             if db.execute("SELECT 1 FROM frames WHERE frame_id = ?", (job.frame_id,)).fetchone():
@@ -261,6 +265,7 @@ class Spool:
         """Give a leased frame back (the attempt failed); it stays in the spool."""
         with self._lock:
             self._leased.discard(row_id)
+            self.frames_generation += 1
             if attempted:
                 self._write(lambda db: db.execute(
                     "UPDATE frames SET attempts = attempts + 1 WHERE id = ?", (row_id,)), frees=True)

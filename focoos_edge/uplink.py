@@ -204,6 +204,7 @@ class Uplink:
         self._max_attempts = max_attempts
         self.probe_interval_s = probe_interval_s
         self._breaker = CircuitBreaker()
+        self._empty_generation = -1  # spool.frames_generation when take_frame() last found nothing
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
 
@@ -281,13 +282,19 @@ class Uplink:
                 self._stop.wait(1.0)
 
     def _step(self, may_drain_backlog: bool) -> None:
-        """One turn of a worker: a live frame if there is one, else (maybe) one from the backlog."""
-        job = self.queue.get(timeout_s=0.1 if may_drain_backlog else 0.5)
+        """One turn of a worker: a live frame if there is one, else (maybe) one from the backlog.
+        A live frame wakes the worker at once; with an empty spool it does not poll SQLite."""
+        backlog_known_empty = self.spool.frames_generation == self._empty_generation
+        wait_s = 0.1 if may_drain_backlog and not backlog_known_empty else 0.5
+        job = self.queue.get(timeout_s=wait_s)
         if job is not None:
             self._run(job, None)
-        elif may_drain_backlog and self._backlog_allowed():
+        elif may_drain_backlog and self._backlog_allowed() and not backlog_known_empty:
+            generation = self.spool.frames_generation
             spooled = self.spool.take_frame()
-            if spooled is not None:
+            if spooled is None:
+                self._empty_generation = generation
+            else:
                 self._run(spooled.job, spooled)
 
     def _backlog_allowed(self) -> bool:
