@@ -205,6 +205,14 @@ class CameraWorker(threading.Thread):
                 self.counters.reconnects += 1
         self._set_state(OFFLINE, "stopped")
 
+    def _finished(self) -> None:
+        """A file played once (`loop: false`): offline, and idle until stopped (the loop still
+        turns, so the watchdog does not take a finished file for a hung camera)."""
+        log.info("camera %s: end of file (loop: false)", self.settings.name)
+        self._set_state(OFFLINE, "end of file")
+        while not self.stop_event.wait(1.0):
+            self.last_progress = time.monotonic()
+
     def _open_failed(self, why: str, failing_since: float) -> None:
         delay = self._backoff.next_delay()
         long_down = time.monotonic() - failing_since > self.settings.offline_after_s
@@ -237,6 +245,9 @@ class CameraWorker(threading.Thread):
                 if is_file and s.loop and not first:
                     log.debug("camera %s: end of file, looping", s.name)
                     return True  # reopened at once by run()
+                if is_file and not first:  # loop: false: the clip is done, not broken
+                    self._finished()
+                    return False
                 self.counters.grab_failures += 1
                 log.warning("camera %s: stream ended or read timed out; reconnecting", s.name)
                 self._set_state(RECONNECTING, "read failed")

@@ -275,3 +275,19 @@ def test_secret_canaries_appear_nowhere(rtsp_server, local_server, mosquitto_fac
     assert "spool.db" in texts
     leaks = [where for where, text in texts.items() if canary in text]
     assert leaks == [], leaks
+
+
+def test_a_file_with_loop_false_plays_once(marker_clip, local_server, mosquitto, mqtt_sub, spawn, tmp_path):
+    import media
+
+    clip = media.make_test_clip(tmp_path / "short.mp4", 320, 240, 25, 2)
+    sub = mqtt_sub(mosquitto.port, "focoos/#")
+    config = daemon_config(tmp_path, api_url=local_server.url, mqtt_port=mosquitto.port, api_key=KEY,
+                           cameras=[_camera("once", clip, loop=False, sample_fps=4)])
+    daemon = spawn(daemon_command(config), name="daemon")
+    done = sub.wait_for(state_is(f"{TOPIC}/once/state", "offline"), 30, "offline at the end of the file",
+                        watch=[daemon]).json()
+    assert done["detail"] == "end of file"
+    time.sleep(3)  # a replay would start within the reconnect backoff (1-2 s)
+    final = stop_daemon(daemon, sub)["cameras"]["once"]
+    assert final["reconnects"] == 0 and 4 <= final["sampled"] <= 10, final
