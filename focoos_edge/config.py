@@ -77,6 +77,19 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def topic_levels(prefix: str) -> str:
+    """Validate an MQTT topic prefix (the message says what is wrong, in words)."""
+    if not re.fullmatch(TOPIC_PREFIX_PATTERN, prefix):
+        raise ValueError(
+            "must be one or more topic levels separated by '/', without '+', '#', "
+            "empty levels or a leading/trailing '/'"
+        )
+    return prefix
+
+
+TopicPrefix = Annotated[str, AfterValidator(topic_levels)]
+
+
 class _Model(BaseModel):
     # Frozen: threads share one Config. Forbid: a misspelt key is an error, not a silent default.
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -164,24 +177,15 @@ class MqttConfig(_Model):
     password: Password | None = Field(None, description="Password (or use password_file).")
     password_file: SecretFilePath | None = Field(None, description="File holding the password.")
     tls: TlsConfig | None = Field(None, description="TLS settings; null for plain TCP.")
-    topic_prefix: str = Field(
+    topic_prefix: TopicPrefix = Field(
         "focoos",
-        json_schema_extra={"pattern": TOPIC_PREFIX_PATTERN},  # checked by _check_prefix, in words
+        json_schema_extra={"pattern": TOPIC_PREFIX_PATTERN},  # checked by topic_levels, in words
         description="First topic level(s), '/'-separated; no '+', '#' or empty level.",
     )
     qos: int = Field(1, ge=0, le=2, description="QoS of detection messages.")
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keep-alive interval.")
     client_id: NonEmpty | None = Field(None, description="MQTT client id (default: derived from device_id).")
 
-    @field_validator("topic_prefix")
-    @classmethod
-    def _check_prefix(cls, prefix: str) -> str:
-        if not re.fullmatch(TOPIC_PREFIX_PATTERN, prefix):
-            raise ValueError(
-                "must be one or more topic levels separated by '/', without '+', '#', "
-                "empty levels or a leading/trailing '/'"
-            )
-        return prefix
 
     @model_validator(mode="before")
     @classmethod
@@ -231,7 +235,7 @@ class SnapshotConfig(_Model):
 class HomeAssistantConfig(_Model):
     """Home Assistant MQTT discovery."""
 
-    discovery_prefix: str = Field(
+    discovery_prefix: TopicPrefix = Field(
         "homeassistant", description="Home Assistant's discovery prefix.",
         json_schema_extra={"pattern": TOPIC_PREFIX_PATTERN})
     labels: tuple[NonEmpty, ...] = Field(
@@ -240,12 +244,6 @@ class HomeAssistantConfig(_Model):
         5.0, ge=0, le=60, description="Random delay before re-publishing discovery when Home Assistant "
                                        "restarts, so a fleet does not answer at once.")
 
-    @field_validator("discovery_prefix")
-    @classmethod
-    def _check_discovery_prefix(cls, prefix: str) -> str:
-        if not re.fullmatch(TOPIC_PREFIX_PATTERN, prefix):
-            raise ValueError("must be topic levels separated by '/', without '+', '#' or empty levels")
-        return prefix
 
 
 class MetricsConfig(_Model):
