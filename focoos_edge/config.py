@@ -25,7 +25,7 @@ from pydantic import WithJsonSchema, field_serializer, field_validator, model_va
 from pydantic_core import PydanticCustomError
 
 # ConfigError is re-exported: callers catch it as focoos_edge.config.ConfigError.
-from focoos_edge.config_load import ConfigError, SecretFile, existing_file, load_model, located_error
+from focoos_edge.config_load import ConfigError, SecretFile, existing_file, load_model, located_error  # noqa: F401 - some names re-exported
 from focoos_edge.config_load import read_secret_file, resolve_path
 from focoos_edge.redact import MASK, redact_url, url_secrets
 from focoos_edge.sources import Source, parse_source

@@ -31,7 +31,7 @@ from focoos_edge import __version__
 # Re-exported: callers import the errors, result types and parsers from here.
 from focoos_edge.focoos_errors import AuthError, FocoosError, MalformedResponseError, ModelNotFoundError
 from focoos_edge.focoos_errors import PermanentError, RateLimitedError, TransientError
-from focoos_edge.focoos_parse import READY_STATUSES, Detection, InferenceResult, ModelInfo, error_detail
+from focoos_edge.focoos_parse import READY_STATUSES, Detection, InferenceResult, ModelInfo, error_detail  # noqa: F401 - some names re-exported
 from focoos_edge.focoos_parse import parse_inference, parse_model_info, parse_retry_after
 
 log = logging.getLogger(__name__)

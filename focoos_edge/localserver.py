@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 # Re-exported: tests and the demo import the marker helpers from here.
-from focoos_edge.aruco import CLASSES, NUM_MARKER_IDS, detect_markers, draw_markers, new_detector
+from focoos_edge.aruco import CLASSES, NUM_MARKER_IDS, detect_markers, draw_markers, new_detector  # noqa: F401 - some names re-exported
 
 log = logging.getLogger(__name__)
 
