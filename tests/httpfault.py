@@ -107,6 +107,23 @@ def hang(seconds: float) -> Behaviour:
     return run
 
 
+def trickle(head: bytes, unit: bytes, interval_s: float) -> Behaviour:
+    """Send `head`, then `unit` every `interval_s` until the server stops: each recv of the client
+    gets data, so no read timeout ever fires (only a total deadline can end the request)."""
+
+    def run(h: _Handler) -> None:
+        try:
+            h.wfile.write(head)
+            h.wfile.flush()
+            while not h.server.stopping.wait(interval_s):
+                h.wfile.write(unit)
+                h.wfile.flush()
+        except OSError:
+            h.close_connection = True
+
+    return run
+
+
 def reset() -> Behaviour:
     """Abort the connection with a TCP RST and no reply (SO_LINGER 0, then close)."""
 

@@ -10,23 +10,13 @@ import httpfault
 from focoos_edge.focoos import FocoosClient, TransientError
 
 
-def _trickle_body(h):
-    h.send_response(200)
-    h.send_header("Content-Type", "application/json")
-    h.send_header("Content-Length", "100000")
-    h.end_headers()
-    h.wfile.flush()
-    while not h.server.stopping.wait(0.1):
-        try:
-            h.wfile.write(b" ")
-            h.wfile.flush()
-        except OSError:
-            return
+TRICKLED_BODY = httpfault.trickle(
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n", b" ", 0.1)
 
 
 def test_trickled_body_times_out_by_the_deadline():
     with httpfault.FaultServer() as server:
-        server.default = _trickle_body
+        server.default = TRICKLED_BODY
         client = FocoosClient(server.url, "key-123456", timeout_s=1.0, connect_timeout_s=1.0)
         started = time.monotonic()
         with pytest.raises(TransientError) as err:

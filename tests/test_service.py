@@ -147,18 +147,6 @@ def test_rate_limit_filter_suppresses_repeats_and_reports_them():
     assert rec.getMessage() == "camera a down (repeated 5 more times)"
 
 
-def _trickle_headers(h):
-    """A server that never finishes its status line: each recv gets a byte, so no read timeout fires."""
-    h.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
-    h.wfile.flush()
-    while not h.server.stopping.wait(0.3):
-        try:
-            h.wfile.write(b"a")
-            h.wfile.flush()
-        except OSError:
-            return
-
-
 def test_watchdog_stops_when_the_uplink_hangs(marker_clip, mosquitto, spawn, tmp_path):
     import os
     import httpfault
@@ -168,7 +156,8 @@ def test_watchdog_stops_when_the_uplink_hangs(marker_clip, mosquitto, spawn, tmp
     sock.bind(str(notify_path))
     sock.settimeout(0.5)
     with httpfault.FaultServer() as server:
-        server.default = _trickle_headers
+        # A reply whose headers never end: the uplink worker hangs inside requests.
+        server.default = httpfault.trickle(b"HTTP/1.1 200 OK\r\nX-Slow: ", b"a", 0.3)
         config = daemon_config(tmp_path, api_url=server.url, mqtt_port=mosquitto.port, api_key=KEY,
                                inference={"timeout_s": 1, "max_in_flight": 1},
                                cameras=[_camera("a", marker_clip.path)])
