@@ -141,7 +141,6 @@ class CameraCounters:
     grab_failures: int = 0
     open_failures: int = 0
     reconnects: int = 0
-    encode_ms_total: float = 0.0
     skipped_static: int = 0  # sampled ticks held back by the scene-change gate (never produced)
     skipped_budget: int = 0  # held back because the hourly inference budget was used up
     recent_grabs: list = field(default_factory=list)  # monotonic times of the last grabs, for fps
@@ -284,7 +283,6 @@ class CameraWorker(threading.Thread):
         jpeg = self._encoder.encode(scaled.image, self.settings.jpeg_quality)
         done = time.monotonic()
         self.counters.sampled += 1
-        self.counters.encode_ms_total += (done - captured_mono) * 1000
         self._on_job(FrameJob(
             camera=self.settings.name, frame_id=f"{self.settings.name}-{captured_ns}",
             captured_at_ns=captured_ns, captured_mono=captured_mono, width=scaled.width,

@@ -363,6 +363,7 @@ class Daemon:
             "state": w.state if w else "removed", "fps": round(w.fps(), 2) if w else 0.0,
             "grabbed": w.counters.grabbed if w else 0, "sampled": w.counters.sampled if w else 0,
             "reconnects": w.counters.reconnects if w else 0,
+            "open_failures": w.counters.open_failures if w else 0,
             "uploaded": up.uploaded, "bytes_uploaded": up.bytes_uploaded, "results": up.results,
             "inferences_last_hour": hour[0], "bytes_uploaded_last_hour": hour[1],
             "skipped_static": w.counters.skipped_static if w else 0,
