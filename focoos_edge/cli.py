@@ -49,7 +49,7 @@ def log_thread_crashes() -> None:
 
 def _load(path: str):
     """Load the config or print its errors; returns (config, exit code)."""
-    from focoos_edge.config import ConfigError, load_config
+    from focoos_edge.config.models import ConfigError, load_config
 
     try:
         return load_config(path), EX_OK
@@ -64,10 +64,10 @@ def cmd_run(args) -> int:
     config, rc = _load(args.config)
     if config is None:
         return rc
-    from focoos_edge.daemon import Daemon
-    from focoos_edge.encode import EncoderUnavailableError
-    from focoos_edge.spool import SpoolError
-    from focoos_edge.logs import setup_logging
+    from focoos_edge.service.daemon import Daemon
+    from focoos_edge.capture.encode import EncoderUnavailableError
+    from focoos_edge.delivery.spool import SpoolError
+    from focoos_edge.service.logs import setup_logging
 
     redactor = setup_logging(args.log_level or config.log_level, config.secrets())
     log_thread_crashes()
@@ -109,14 +109,14 @@ def cmd_check_config(args) -> int:
 
 
 def cmd_schema(args) -> int:
-    from focoos_edge.config import config_json_schema
+    from focoos_edge.config.models import config_json_schema
 
     print(json.dumps(config_json_schema(), indent=2))
     return EX_OK
 
 
 def cmd_schemas(args) -> int:
-    from focoos_edge import contract
+    from focoos_edge.delivery import contract
 
     try:
         out = contract.schema(args.name) if args.name else contract.schemas()
@@ -132,16 +132,16 @@ def cmd_probe(args) -> int:
     config, rc = _load(args.config)
     if config is None:
         return rc
-    from focoos_edge.logs import setup_logging
-    from focoos_edge.probe import run_probe
+    from focoos_edge.service.logs import setup_logging
+    from focoos_edge.tools.probe import run_probe
 
     setup_logging("warning", config.secrets())
     return run_probe(config, camera=args.camera, out_dir=args.out, print_fn=print)
 
 
 def cmd_local_server(args) -> int:
-    from focoos_edge import localserver
-    from focoos_edge.logs import setup_logging
+    from focoos_edge.tools import localserver
+    from focoos_edge.service.logs import setup_logging
 
     setup_logging(args.log_level or "info", [k for k in [args.api_key] if k])
     stop = threading.Event()
@@ -150,8 +150,8 @@ def cmd_local_server(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from focoos_edge.demo import run_demo
-    from focoos_edge.logs import setup_logging
+    from focoos_edge.tools.demo import run_demo
+    from focoos_edge.service.logs import setup_logging
 
     setup_logging(args.log_level or "warning")
     stop = threading.Event()
@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=".", help="folder for the saved JPEGs (default: current folder)")
     p.set_defaults(func=cmd_probe)
     p = sub.add_parser("local-server", help="a Focoos-compatible inference server with a CPU ArUco detector")
-    from focoos_edge import localserver
+    from focoos_edge.tools import localserver
 
     localserver.add_arguments(p)
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])

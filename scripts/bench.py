@@ -148,7 +148,7 @@ def uplink_row(b: Bench) -> tuple:
 
 
 def memory_rows(b: Bench, one_camera: Run, soak_min: float) -> list[tuple]:
-    code = ("import cv2, numpy, requests, paho.mqtt.client, focoos_edge.daemon; "
+    code = ("import cv2, numpy, requests, paho.mqtt.client, focoos_edge.service.daemon; "
             "print(open('/proc/self/statm').read().split()[1])")
     floor_mb = int(subprocess.check_output([sys.executable, "-c", code])) * os.sysconf("SC_PAGE_SIZE") / 2**20
     base = f"imports alone: {floor_mb:.0f} MB"
@@ -192,8 +192,8 @@ def timed_ms(fn, repeat: int = 30) -> float:
 def micro(b: Bench) -> list[tuple[str, str]]:
     """Resize interpolations, MJPEG scaled decode, the gate's cost and savings (one thread)."""
     cv2.setNumThreads(1)  # CPU cost, not the latency of a parallel resize
-    from focoos_edge.mjpeg import MjpegDecoder
-    from focoos_edge.motion import SceneGate
+    from focoos_edge.capture.mjpeg import MjpegDecoder
+    from focoos_edge.capture.motion import SceneGate
     frame = lib.clip_frames(b.clip, {37})[37]
     out = []
     for name, src in [("1080p->640", frame), ("720->640 (after a 3/8 MJPEG decode)",
@@ -218,7 +218,7 @@ def micro(b: Bench) -> list[tuple[str, str]]:
 def gate_savings(clip: Path) -> str:
     """Inferences in a simulated hour at 2 fps (the clip's sampled frames, looped): none, gate
     (threshold 1.0, heartbeat 60 s), budget 600/h, both."""
-    from focoos_edge.motion import InferenceBudget, SceneGate
+    from focoos_edge.capture.motion import InferenceBudget, SceneGate
     cap, frames, n = cv2.VideoCapture(str(clip)), [], 0
     while cap.grab():
         if n % 12 == 0:

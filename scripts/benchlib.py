@@ -28,7 +28,7 @@ from mqtt_infra import Mosquitto, MqttSubscriber  # noqa: E402
 from procs import ChildProcess, free_port, wait_for_port  # noqa: E402
 from rtsp_infra import RtspServer  # noqa: E402
 
-from focoos_edge.localserver import LocalServer, extract_form_file  # noqa: E402
+from focoos_edge.tools.localserver import LocalServer, extract_form_file  # noqa: E402
 
 FPS = 25
 STRIP_X, STRIP_BLOCK, STRIP_H, BITS = 192, 128, 64, 12  # frame-number blocks, in 1080p pixels
@@ -127,7 +127,7 @@ class Observer(threading.Thread):
 
     def __init__(self, url: str):
         super().__init__(daemon=True)
-        from focoos_edge.keyframes import KeyframeSource
+        from focoos_edge.capture.keyframes import KeyframeSource
         self.stop = threading.Event()
         self.source = KeyframeSource(url, display="observer", stop=self.stop)
         self.points: list[tuple[float, int]] = []  # (wall time, frame number)

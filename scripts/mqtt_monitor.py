@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 
 import paho.mqtt.client as mqtt
 
-from focoos_edge import contract
-from focoos_edge.contract import ContractError, TopicKind
+from focoos_edge.delivery import contract
+from focoos_edge.delivery.contract import ContractError, TopicKind
 
 log = logging.getLogger("mqtt_monitor")
 RATE_WINDOW_S = 10.0

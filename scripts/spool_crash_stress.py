@@ -67,7 +67,7 @@ def _write_bytes() -> tuple[int, int]:
 
 
 def write_amplification(work_dir: Path, frames: int = 1000, size: int = 50 * 1024) -> None:
-    from focoos_edge.spool import Spool
+    from focoos_edge.delivery.spool import Spool
 
     jpeg = os.urandom(size)
     scenarios = (("backlog: put, take, result replaces frame, ack", 64 * 1024 * 1024, True),

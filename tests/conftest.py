@@ -18,7 +18,7 @@ import pytest
 
 import media
 from daemon_infra import KEY
-from focoos_edge.localserver import LocalServer
+from focoos_edge.tools.localserver import LocalServer
 from media import Marker
 from mqtt_infra import CLIENTS_APT, MOSQUITTO_APT, Mosquitto, MqttSubscriber
 from procs import ChildProcess, InfraError, ProcessRegistry, require_tool

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from focoos_edge import contract
+from focoos_edge.delivery import contract
 
 KEY = "test-key-0123"  # the API key of the `local_server` fixture
 TOPIC = "focoos/box1"  # prefix/device of daemon_config()

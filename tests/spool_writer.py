@@ -38,8 +38,8 @@ ROOT = HERE.parent.parent
 if str(ROOT) not in sys.path:  # run as a script: the package from this tree unless one is installed
     sys.path.append(str(ROOT))
 
-from focoos_edge.encode import FrameJob  # noqa: E402
-from focoos_edge.spool import Spool, SpoolError  # noqa: E402
+from focoos_edge.capture.encode import FrameJob  # noqa: E402
+from focoos_edge.delivery.spool import Spool, SpoolError  # noqa: E402
 
 CAMERAS = ("cam0", "cam1", "cam2")
 WRITER_MAX_BYTES = 64 * 1024 * 1024  # never reached by the writer: nothing is evicted, so nothing may go missing

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from focoos_edge.annotate import (
+from focoos_edge.subscribers.annotate import (
     MASK_ALPHA,
     PALETTE_BGR,
     PALETTE_HEX,
@@ -21,8 +21,8 @@ from focoos_edge.annotate import (
     label_text,
     render_snapshot,
 )
-from focoos_edge.encode import JpegEncoder
-from focoos_edge.focoos import Detection
+from focoos_edge.capture.encode import JpegEncoder
+from focoos_edge.inference.client import Detection
 
 GREY = 128
 

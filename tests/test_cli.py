@@ -29,8 +29,8 @@ import httpfault
 import media
 from daemon_infra import daemon_config
 from focoos_edge import __version__
-from focoos_edge.encode import JpegEncoder
-from focoos_edge.localserver import LocalServer
+from focoos_edge.capture.encode import JpegEncoder
+from focoos_edge.tools.localserver import LocalServer
 from httpfault import FaultServer, closed_port
 from media import Marker
 from procs import wait_until

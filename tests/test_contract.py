@@ -17,13 +17,13 @@ import cv2
 import paho.mqtt.client as mqtt
 import pytest
 
-from focoos_edge import contract
-from focoos_edge.config import load_config
-from focoos_edge.contract import ContractError, SchemaNotFoundError, classify_topic, label_level
-from focoos_edge.daemon import Daemon
-from focoos_edge.encode import FrameJob
-from focoos_edge.focoos import FocoosError
-from focoos_edge.messages import (
+from focoos_edge.delivery import contract
+from focoos_edge.config.models import load_config
+from focoos_edge.delivery.contract import ContractError, SchemaNotFoundError, classify_topic, label_level
+from focoos_edge.service.daemon import Daemon
+from focoos_edge.capture.encode import FrameJob
+from focoos_edge.inference.client import FocoosError
+from focoos_edge.delivery.messages import (
     Topics,
     camera_state_payload,
     detection_dict,
@@ -31,8 +31,8 @@ from focoos_edge.messages import (
     dumps,
     inference_state_payload,
 )
-from focoos_edge.publish import OFFLINE, ONLINE
-from focoos_edge import uplink
+from focoos_edge.delivery.publisher import OFFLINE, ONLINE
+from focoos_edge.inference import uplink
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "mqtt.md"
@@ -84,8 +84,8 @@ def test_every_json_payload_schema_requires_the_version():
 
 
 def test_the_runtime_modules_do_not_import_jsonschema():
-    code = ("import sys; import focoos_edge.contract, focoos_edge.annotate, focoos_edge.counts, "
-            "focoos_edge.homeassistant, focoos_edge.daemon; focoos_edge.contract.schema('stats'); "
+    code = ("import sys; import focoos_edge.delivery.contract, focoos_edge.subscribers.annotate, focoos_edge.subscribers.counts, "
+            "focoos_edge.subscribers.homeassistant, focoos_edge.service.daemon; focoos_edge.delivery.contract.schema('stats'); "
             "sys.exit('jsonschema' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
 

@@ -8,9 +8,9 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from focoos_edge import contract
-from focoos_edge.counts import CountTracker
-from focoos_edge.messages import Topics
+from focoos_edge.delivery import contract
+from focoos_edge.subscribers.counts import CountTracker
+from focoos_edge.delivery.messages import Topics
 
 BASE = Topics("focoos", "edge-01").base
 

@@ -10,7 +10,7 @@ import pytest
 
 import httpfault
 from daemon_infra import KEY, TOPIC, daemon_command, daemon_config, state_is, stop_daemon
-from focoos_edge.localserver import LocalServer
+from focoos_edge.tools.localserver import LocalServer
 from procs import free_port, wait_until
 
 CANARY = "CANARY-7f3a9c"

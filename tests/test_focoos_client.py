@@ -13,7 +13,7 @@ from email.utils import format_datetime
 
 import pytest
 
-from focoos_edge.focoos import (
+from focoos_edge.inference.client import (
     AuthError,
     Detection,
     FocoosClient,
@@ -375,7 +375,7 @@ def test_api_key_never_leaks_into_errors_or_logs(server, caplog):
         assert CANARY not in rendered
         assert CANARY.encode() not in pickle.dumps(str(err))
     loggers = {r.name for r in caplog.records}
-    assert "urllib3.connectionpool" in loggers and "focoos_edge.focoos" in loggers
+    assert "urllib3.connectionpool" in loggers and "focoos_edge.inference.client" in loggers
     assert CANARY not in caplog.text
     assert all(CANARY not in r.getMessage() for r in caplog.records)
     assert CANARY not in repr(client)

@@ -7,7 +7,7 @@ import time
 import pytest
 
 import httpfault
-from focoos_edge.focoos import FocoosClient, TransientError
+from focoos_edge.inference.client import FocoosClient, TransientError
 
 
 TRICKLED_BODY = httpfault.trickle(

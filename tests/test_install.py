@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from focoos_edge import __version__
-from focoos_edge.config import load_config
+from focoos_edge.config.models import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "install.sh"

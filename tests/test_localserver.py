@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import requests
 
-from focoos_edge.localserver import (
+from focoos_edge.tools.localserver import (
     CLASSES,
     MAX_BODY_BYTES,
     LocalServer,
@@ -279,7 +279,7 @@ def test_run_from_args_serves_until_stopped(caplog, monkeypatch):
     monkeypatch.setenv("FOCOOS_LOCAL_API_KEY", "env-secret-key-42")
     stop = threading.Event()
     result = []
-    caplog.set_level(logging.DEBUG, logger="focoos_edge.localserver")
+    caplog.set_level(logging.DEBUG, logger="focoos_edge.tools.localserver")
     runner = threading.Thread(target=lambda: result.append(run_from_args(_cli_args("--port", "0"), stop)))
     runner.start()
     deadline = time.monotonic() + 5
@@ -300,7 +300,7 @@ def test_run_from_args_without_key_warns(caplog, monkeypatch):
     monkeypatch.delenv("FOCOOS_LOCAL_API_KEY", raising=False)
     stop = threading.Event()
     stop.set()  # start, log, then stop at once
-    caplog.set_level(logging.INFO, logger="focoos_edge.localserver")
+    caplog.set_level(logging.INFO, logger="focoos_edge.tools.localserver")
     assert run_from_args(_cli_args("--port", "0"), stop) == 0
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings and "keys are not checked" in warnings[0].getMessage()

@@ -13,8 +13,8 @@ import threading
 import pytest
 
 from daemon_infra import KEY, daemon_command, daemon_config
-from focoos_edge import contract
-from focoos_edge.metrics import CONTENT_TYPE, MetricsServer, render
+from focoos_edge.delivery import contract
+from focoos_edge.service.metrics import CONTENT_TYPE, MetricsServer, render
 
 TOPIC = "focoos/box1"
 NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"

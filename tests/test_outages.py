@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from focoos_edge.localserver import LocalServer
+from focoos_edge.tools.localserver import LocalServer
 
 
 def _load_fault_stress():

@@ -16,16 +16,16 @@ import numpy as np
 import pytest
 
 import media
-from focoos_edge.capture import (
+from focoos_edge.capture.worker import (
     CameraWorker,
     CaptureOpenError,
     CaptureSettings,
     open_capture,
     retrieve_scaled,
 )
-from focoos_edge.encode import FrameJob, JpegEncoder, resize_to_max_side
-from focoos_edge.keyframes import KeyframeSource, ffmpeg_options
-from focoos_edge.mjpeg import (
+from focoos_edge.capture.encode import FrameJob, JpegEncoder, resize_to_max_side
+from focoos_edge.capture.keyframes import KeyframeSource, ffmpeg_options
+from focoos_edge.capture.mjpeg import (
     MjpegCapture,
     MjpegDecodeError,
     MjpegDecoder,
@@ -33,8 +33,8 @@ from focoos_edge.mjpeg import (
     pick_scaling_factor,
     wrap_usb_capture,
 )
-from focoos_edge.motion import InferenceBudget, SceneGate, mean_abs_diff, thumbnail
-from focoos_edge.sources import parse_source
+from focoos_edge.capture.motion import InferenceBudget, SceneGate, mean_abs_diff, thumbnail
+from focoos_edge.config.sources import parse_source
 from procs import free_port, wait_until
 
 FPS = 25

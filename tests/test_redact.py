@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from focoos_edge.redact import RedactingFilter, SecretRegistry, redact_text, redact_url, url_secrets
+from focoos_edge.common.redact import RedactingFilter, SecretRegistry, redact_text, redact_url, url_secrets
 
 CANARY = "CANARY-7f3a9c"
 

@@ -11,9 +11,9 @@ import time
 import yaml
 
 from daemon_infra import daemon_command, daemon_config
-from focoos_edge.daemon import stalled
-from focoos_edge.localserver import LocalServer
-from focoos_edge.logs import RateLimitFilter
+from focoos_edge.service.daemon import stalled
+from focoos_edge.tools.localserver import LocalServer
+from focoos_edge.service.logs import RateLimitFilter
 from procs import wait_until
 from daemon_infra import KEY, TOPIC, state_is, stop_daemon
 
@@ -134,7 +134,7 @@ def test_rate_limit_filter_suppresses_repeats_and_reports_them():
     filt = RateLimitFilter(interval_s=60, clock=lambda: now[0])
 
     def record(msg, *args):
-        return logging.LogRecord("focoos_edge.capture", logging.WARNING, __file__, 1, msg, args, None)
+        return logging.LogRecord("focoos_edge.capture.worker", logging.WARNING, __file__, 1, msg, args, None)
 
     assert filt.filter(record("camera %s down", "a"))
     assert filt.filter(record("camera %s down", "b"))  # a different line is never hidden

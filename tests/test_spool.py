@@ -31,8 +31,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 import spool_writer
-from focoos_edge.encode import FrameJob
-from focoos_edge.spool import Budget, Spool, SpoolError
+from focoos_edge.capture.encode import FrameJob
+from focoos_edge.delivery.spool import Budget, Spool, SpoolError
 from spool_writer import CrashHarness, check_ledger, integrity_and_sums, make_job, read_spool_rows
 
 KIB = 1024
@@ -628,7 +628,7 @@ def test_a_corrupt_database_is_moved_aside_and_a_fresh_one_used(db_path: Path, d
     _filled_spool(db_path)
     damage(db_path)
     damaged = db_path.read_bytes()
-    with caplog.at_level(logging.ERROR, logger="focoos_edge.spool"):
+    with caplog.at_level(logging.ERROR, logger="focoos_edge.delivery.spool"):
         spool = Spool(db_path, max_bytes=16 * MIB, max_age_s=3600)
     try:
         assert spool.pending() == {} and spool.stats()["frames"]["bytes"] == 0
@@ -636,7 +636,7 @@ def test_a_corrupt_database_is_moved_aside_and_a_fresh_one_used(db_path: Path, d
         moved = [Path(p) for p in spool.quarantined]
         assert all(p.exists() for p in moved)
         assert [p.read_bytes() for p in moved if not p.name.endswith(("-wal", "-shm"))] == [damaged]
-        errors = [r for r in caplog.records if r.levelno == logging.ERROR and r.name == "focoos_edge.spool"]
+        errors = [r for r in caplog.records if r.levelno == logging.ERROR and r.name == "focoos_edge.delivery.spool"]
         assert errors and "moved aside" in errors[0].getMessage() and str(moved[0]) in errors[0].getMessage()
         spool.put_frame(job("fresh"))  # and it works
         assert spool.take_frame().job.frame_id == "fresh"
@@ -670,7 +670,7 @@ def test_a_row_altered_in_place_is_skipped_deleted_and_counted(db_path: Path, ca
         db.execute("UPDATE outbox SET payload = ? WHERE id = ?", (payload("rot", 300), ids[1]))
         db.commit()
         db.close()
-        with caplog.at_level(logging.ERROR, logger="focoos_edge.spool"):
+        with caplog.at_level(logging.ERROR, logger="focoos_edge.delivery.spool"):
             assert [spool.take_frame().job.frame_id for _ in range(2)] == ["f0", "f2"]
             assert spool.take_frame() is None
             assert [m.row_id for m in spool.peek_messages(0, 10)] == [ids[0], ids[2]]

@@ -11,7 +11,7 @@ import numpy as np
 import yaml
 
 from daemon_infra import daemon_command, daemon_config
-from focoos_edge.annotate import colour_for
+from focoos_edge.subscribers.annotate import colour_for
 from daemon_infra import KEY, TOPIC, stop_daemon
 
 

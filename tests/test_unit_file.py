@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from daemon_infra import KEY, daemon_config
-from focoos_edge.config import CameraConfig, InferenceConfig, load_config
+from focoos_edge.config.models import CameraConfig, InferenceConfig, load_config
 from procs import InfraError, require_tool
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -26,13 +26,13 @@ import httpfault
 import media
 from httpfault import FaultServer
 from media import Marker
-from focoos_edge.backoff import Backoff
-from focoos_edge.capture import Sampler
-from focoos_edge.encode import EncoderUnavailableError, FrameJob, JpegEncoder, fit_size, resize_to_max_side
-from focoos_edge.focoos import FocoosClient, InferenceResult
-from focoos_edge.localserver import LocalServer
-from focoos_edge.logs import setup_logging
-from focoos_edge.messages import (
+from focoos_edge.common.backoff import Backoff
+from focoos_edge.capture.worker import Sampler
+from focoos_edge.capture.encode import EncoderUnavailableError, FrameJob, JpegEncoder, fit_size, resize_to_max_side
+from focoos_edge.inference.client import FocoosClient, InferenceResult
+from focoos_edge.tools.localserver import LocalServer
+from focoos_edge.service.logs import setup_logging
+from focoos_edge.delivery.messages import (
     Topics,
     detection_dict,
     detections_payload,
@@ -41,9 +41,9 @@ from focoos_edge.messages import (
     iso_utc,
     iso_utc_ns,
 )
-from focoos_edge.spool import Spool
-from focoos_edge.systemd import Notifier, watchdog_interval_s
-from focoos_edge.uplink import CameraRoute, CircuitBreaker, Delivery, InferenceHealth, LiveQueue, Uplink
+from focoos_edge.delivery.spool import Spool
+from focoos_edge.service.systemd import Notifier, watchdog_interval_s
+from focoos_edge.inference.uplink import CameraRoute, CircuitBreaker, Delivery, InferenceHealth, LiveQueue, Uplink
 from procs import wait_until
 
 CANARY = "CANARY-7f3a9c"
@@ -225,7 +225,7 @@ def test_jpeg_encoder_without_the_library_says_what_to_install() -> None:
 
 
 def test_jpeg_encoder_honours_the_turbojpeg_variable_its_hint_names(monkeypatch: pytest.MonkeyPatch) -> None:
-    """BUG (focoos_edge/encode.py, JpegEncoder.__init__): the install hint tells users to 'set
+    """BUG (focoos_edge/capture/encode.py, JpegEncoder.__init__): the install hint tells users to 'set
     TURBOJPEG to the library's path', but nothing reads that variable (PyTurboJPEG 1.8 does not
     either), so the advice has no effect."""
     monkeypatch.setenv("TURBOJPEG", "/nonexistent/libturbojpeg.so.0")
@@ -616,7 +616,7 @@ def test_uplink_rejected_frame_is_dead_lettered_without_retry(fault_server: Faul
 def test_uplink_breaker_recovers_when_the_probe_reply_is_not_a_failure(
     fault_server: FaultServer, rig, marker_jpeg, probe_reply
 ) -> None:
-    """BUG (focoos_edge/uplink.py, Uplink.process): a half-open probe answered with a malformed 200
+    """BUG (focoos_edge/inference/uplink.py, Uplink.process): a half-open probe answered with a malformed 200
     or a 4xx calls neither breaker.success() nor breaker.failure(), so the breaker stays 'probing'
     for ever: every later frame is spooled without a request, and the backlog is never drained
     (`_backlog_allowed` sees `breaker.ready()` False), although the API is healthy again."""
@@ -669,10 +669,10 @@ def test_uplink_resumes_after_the_probe_loop_sees_the_model_again(rig, marker_jp
 def test_uplink_probe_loop_does_not_hammer_a_model_that_is_not_ready(
     rig, marker_jpeg, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """BUG (focoos_edge/uplink.py, Uplink._probe_loop): after an auth/model error paused uploads, a
+    """BUG (focoos_edge/inference/uplink.py, Uplink._probe_loop): after an auth/model error paused uploads, a
     model-info probe that succeeds with a not-ready status leaves uploads paused, and the loop then
     re-probes at once, with no wait: thousands of GET requests (and warnings) per second."""
-    caplog.set_level(logging.ERROR, logger="focoos_edge.uplink")  # the bug logs a warning per request
+    caplog.set_level(logging.ERROR, logger="focoos_edge.inference.uplink")  # the bug logs a warning per request
     with FaultServer() as srv:
         srv.default = routed("TRAINING_RUNNING", httpfault.json(401, {"detail": "bad key"}))
         r = rig(srv.url, model_ref="m1", max_in_flight=1)

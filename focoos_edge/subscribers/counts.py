@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
-from focoos_edge.contract import count_topic
+from focoos_edge.delivery.contract import count_topic
 
 
 class CountTracker:

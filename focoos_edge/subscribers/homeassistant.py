@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from focoos_edge.contract import count_topic, snapshot_topic
+from focoos_edge.delivery.contract import count_topic, snapshot_topic
 
 DEFAULT_DISCOVERY_PREFIX = "homeassistant"
 ORIGIN_NAME = "focoos-edge"

@@ -31,9 +31,9 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from focoos_edge.encode import FrameJob
+from focoos_edge.capture.encode import FrameJob
 # Budget is re-exported: callers and tests import it from here.
-from focoos_edge.spool_disk import DB_SUFFIXES, Budget, ReserveFile, connect, quarantine
+from focoos_edge.delivery.spool_files import DB_SUFFIXES, Budget, ReserveFile, connect, quarantine
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
-"""Tolerant parsing of Focoos HUB replies (:mod:`focoos_edge.focoos` re-exports it).
+"""Tolerant parsing of Focoos HUB replies (:mod:`focoos_edge.inference.client` re-exports it).
 
-Only what cannot be used raises :class:`~focoos_edge.focoos_errors.MalformedResponseError`;
+Only what cannot be used raises :class:`~focoos_edge.inference.errors.MalformedResponseError`;
 optional parts that are missing or odd get defaults (recorded in ``ModelInfo.notes``) or are dropped.
 """
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from focoos_edge.focoos_errors import MalformedResponseError
+from focoos_edge.inference.errors import MalformedResponseError
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
 
-from focoos_edge.messages import Topics, dumps
-from focoos_edge.spool import Spool, SpoolError
+from focoos_edge.delivery.messages import Topics, dumps
+from focoos_edge.delivery.spool import Spool, SpoolError
 
 log = logging.getLogger(__name__)
 

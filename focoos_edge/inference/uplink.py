@@ -16,11 +16,11 @@ from collections import Counter, defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from focoos_edge.backoff import Backoff
-from focoos_edge.encode import FrameJob
-from focoos_edge.spool import Spool, SpooledFrame, SpoolError
-from focoos_edge.stats import HourlyRate
-from focoos_edge.focoos import (
+from focoos_edge.common.backoff import Backoff
+from focoos_edge.capture.encode import FrameJob
+from focoos_edge.delivery.spool import Spool, SpooledFrame, SpoolError
+from focoos_edge.service.stats import HourlyRate
+from focoos_edge.inference.client import (
     AuthError,
     FocoosClient,
     FocoosError,

@@ -4,7 +4,7 @@ It speaks the wire format of the Focoos HUB remote-inference API (``/v0/models/.
 so the daemon, the demo, the tests and developers of MQTT consumers can work without a cloud
 account. The "model" finds ArUco markers (dictionary ``DICT_4X4_50``): boxes are exact and
 predictable, so a test can draw markers where it likes (see :func:`draw_markers`, in
-:mod:`focoos_edge.aruco` with the detector) and check the boxes that come back. Only the standard
+:mod:`focoos_edge.tools.aruco` with the detector) and check the boxes that come back. Only the standard
 library serves HTTP (``ThreadingHTTPServer``).
 """
 
@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 # Re-exported: tests and the demo import the marker helpers from here.
-from focoos_edge.aruco import CLASSES, NUM_MARKER_IDS, detect_markers, draw_markers, new_detector  # noqa: F401 - some names re-exported
+from focoos_edge.tools.aruco import CLASSES, NUM_MARKER_IDS, detect_markers, draw_markers, new_detector  # noqa: F401 - some names re-exported
 
 log = logging.getLogger(__name__)
 

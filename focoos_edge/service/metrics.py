@@ -1,6 +1,6 @@
 """Optional Prometheus endpoint: the daemon's stats message as text exposition format 0.0.4.
 
-:func:`render` is pure: it maps the dict of :meth:`focoos_edge.daemon.Daemon.stats` to metric
+:func:`render` is pure: it maps the dict of :meth:`focoos_edge.service.daemon.Daemon.stats` to metric
 families named ``focoos_edge_*`` (counters end in ``_total``; camera, reason, queue and state
 are labels). :class:`MetricsServer` serves ``GET /metrics`` from a standard-library HTTP server in
 a thread; it is meant for a loopback address (no authentication, no TLS).

@@ -5,7 +5,7 @@ Speaks the wire format described in focoos-api.md (``X-API-Key`` header, one mul
 retry policy can tell a 503 from a 401 without looking at strings.
 
 The errors (``FocoosError`` and its subclasses, each with ``.retryable`` and ``.reason``; the tree is in
-:mod:`focoos_edge.focoos_errors`) and the reply types and their parsing (:mod:`focoos_edge.focoos_parse`)
+:mod:`focoos_edge.inference.errors`) and the reply types and their parsing (:mod:`focoos_edge.inference.parse`)
 are re-exported here.
 """
 
@@ -29,10 +29,10 @@ from urllib3.util.retry import Retry
 
 from focoos_edge import __version__
 # Re-exported: callers import the errors, result types and parsers from here.
-from focoos_edge.focoos_errors import AuthError, FocoosError, MalformedResponseError, ModelNotFoundError
-from focoos_edge.focoos_errors import PermanentError, RateLimitedError, TransientError
-from focoos_edge.focoos_parse import READY_STATUSES, Detection, InferenceResult, ModelInfo, error_detail  # noqa: F401 - some names re-exported
-from focoos_edge.focoos_parse import parse_inference, parse_model_info, parse_retry_after
+from focoos_edge.inference.errors import AuthError, FocoosError, MalformedResponseError, ModelNotFoundError
+from focoos_edge.inference.errors import PermanentError, RateLimitedError, TransientError
+from focoos_edge.inference.parse import READY_STATUSES, Detection, InferenceResult, ModelInfo, error_detail  # noqa: F401 - some names re-exported
+from focoos_edge.inference.parse import parse_inference, parse_model_info, parse_retry_after
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The MQTT contract in machine-checkable form: JSON Schemas of the payloads, and the topic names of
 the per-label counts and snapshots. docs/mqtt.md explains both.
 
-The schemas ship as package data (``focoos_edge/schemas/*.json``, JSON Schema Draft 2020-12).
+The schemas ship as package data (``focoos_edge/delivery/schemas/*.json``, JSON Schema Draft 2020-12).
 `validate()` uses the ``jsonschema`` package, which is a test/consumer extra: the daemon itself
 never imports it, so a box does not need it at run time.
 """
@@ -49,7 +49,7 @@ class ValidatorUnavailableError(RuntimeError):
 def _schema_text(name: str) -> str:
     if name not in SCHEMA_NAMES:
         raise SchemaNotFoundError(f"no schema named {name!r}; known: {', '.join(SCHEMA_NAMES)}")
-    return (resources.files("focoos_edge") / "schemas" / f"{name}.json").read_text(encoding="utf-8")
+    return (resources.files("focoos_edge.delivery") / "schemas" / f"{name}.json").read_text(encoding="utf-8")
 
 
 def schema(name: str) -> dict:

@@ -1,4 +1,4 @@
-"""The typed errors of the Focoos HUB client (:mod:`focoos_edge.focoos` re-exports them).
+"""The typed errors of the Focoos HUB client (:mod:`focoos_edge.inference.client` re-exports them).
 
 Each has ``.retryable`` and a short ``.reason`` usable as an MQTT state::
 

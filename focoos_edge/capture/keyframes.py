@@ -23,8 +23,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from focoos_edge.encode import fit_size
-from focoos_edge.mjpeg import ScaledFrame
+from focoos_edge.capture.encode import fit_size
+from focoos_edge.capture.mjpeg import ScaledFrame
 
 log = logging.getLogger(__name__)
 

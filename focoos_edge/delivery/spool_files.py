@@ -1,6 +1,6 @@
 """The spool's files: the SQLite schema and settings that cap them, the byte budget, the reserve file.
 
-:class:`~focoos_edge.spool.Spool` does the transactions and the accounting; this module holds what
+:class:`~focoos_edge.delivery.spool.Spool` does the transactions and the accounting; this module holds what
 decides how much disk it takes (see the guarantees in spool.py's docstring) and how its files are
 opened, held and moved aside. No logging here: the spool reports what happened.
 """

@@ -4,7 +4,7 @@
 :class:`ConfigError` whose lines name the YAML path and line of every problem
 (``cameras[1].sample_fps (line 14): ...``). Secret values never appear in those lines, in
 ``repr()`` of the models, or in :meth:`Config.redacted`. Reading the file (YAML, ``${ENV}``
-substitution, ``*_file`` secrets, error lines) is :mod:`focoos_edge.config_load`'s job.
+substitution, ``*_file`` secrets, error lines) is :mod:`focoos_edge.config.load`'s job.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from pydantic import PlainValidator, SecretStr, StringConstraints, ValidationInf
 from pydantic import WithJsonSchema, field_serializer, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-# ConfigError is re-exported: callers catch it as focoos_edge.config.ConfigError.
-from focoos_edge.config_load import ConfigError, SecretFile, existing_file, load_model, located_error  # noqa: F401 - some names re-exported
-from focoos_edge.config_load import read_secret_file, resolve_path
-from focoos_edge.redact import MASK, redact_url, url_secrets
-from focoos_edge.sources import Source, parse_source
+# ConfigError is re-exported: callers catch it as focoos_edge.config.models.ConfigError.
+from focoos_edge.config.load import ConfigError, SecretFile, existing_file, load_model, located_error  # noqa: F401 - some names re-exported
+from focoos_edge.config.load import read_secret_file, resolve_path
+from focoos_edge.common.redact import MASK, redact_url, url_secrets
+from focoos_edge.config.sources import Source, parse_source
 
 MIB = 1024 * 1024
 
@@ -315,7 +315,7 @@ class CameraConfig(_Model):
 
     @property
     def parsed_source(self) -> Source:
-        """The parsed :class:`~focoos_edge.sources.Source` (kind, uri, device)."""
+        """The parsed :class:`~focoos_edge.config.sources.Source` (kind, uri, device)."""
         return parse_source(self.source)
 
 

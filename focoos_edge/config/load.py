@@ -1,7 +1,7 @@
 """Reading a config file: YAML with line numbers, ``${VAR}`` substitution, ``*_file`` secrets, and
 pydantic errors translated into ``"<yaml.path> (line N): <message>"`` lines.
 
-:mod:`focoos_edge.config` holds the models; this module knows nothing of them but the names of the
+:mod:`focoos_edge.config.models` holds the models; this module knows nothing of them but the names of the
 raw keys that hold secrets (to scrub them from error lines) and the validation context its field
 validators read (``base_dir``, ``credentials_dir``).
 """
@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ValidationError, ValidationInfo
 from pydantic_core import ErrorDetails, PydanticCustomError
 
-from focoos_edge.redact import redact_text, url_secrets
+from focoos_edge.common.redact import redact_text, url_secrets
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -19,7 +19,7 @@ from fractions import Fraction
 import cv2
 import numpy as np
 
-from focoos_edge.encode import TURBOJPEG_HINT, EncoderUnavailableError, fit_size
+from focoos_edge.capture.encode import TURBOJPEG_HINT, EncoderUnavailableError, fit_size
 
 log = logging.getLogger(__name__)
 
