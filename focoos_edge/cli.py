@@ -64,9 +64,9 @@ def cmd_run(args) -> int:
     config, rc = _load(args.config)
     if config is None:
         return rc
-    from focoos_edge.service.daemon import Daemon
     from focoos_edge.capture.encode import EncoderUnavailableError
     from focoos_edge.delivery.spool import SpoolError
+    from focoos_edge.service.daemon import Daemon
     from focoos_edge.service.logs import setup_logging
 
     redactor = setup_logging(args.log_level or config.log_level, config.secrets())
@@ -140,8 +140,8 @@ def cmd_probe(args) -> int:
 
 
 def cmd_local_server(args) -> int:
-    from focoos_edge.tools import localserver
     from focoos_edge.service.logs import setup_logging
+    from focoos_edge.tools import localserver
 
     setup_logging(args.log_level or "info", [k for k in [args.api_key] if k])
     stop = threading.Event()
@@ -150,8 +150,8 @@ def cmd_local_server(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from focoos_edge.tools.demo import run_demo
     from focoos_edge.service.logs import setup_logging
+    from focoos_edge.tools.demo import run_demo
 
     setup_logging(args.log_level or "warning")
     stop = threading.Event()

@@ -25,9 +25,8 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
-
 import benchlib as lib
+import cv2
 from benchlib import FPS, Bench, Observer, Run, pct
 
 # glibc: two malloc arenas instead of one per thread, and frame-sized buffers always mmap'ed (so

@@ -44,9 +44,10 @@ if str(_TESTS_DIR) not in sys.path:
 
 import media  # noqa: E402
 from daemon_infra import daemon_command, daemon_config  # noqa: E402
-from focoos_edge.tools.localserver import LocalServer  # noqa: E402
 from mqtt_infra import Mosquitto, MqttSubscriber  # noqa: E402
 from procs import ChildProcess, ProcessRegistry, WaitTimeout, wait_until  # noqa: E402
+
+from focoos_edge.tools.localserver import LocalServer  # noqa: E402
 
 KEY = "stress-key-0123"
 DEVICE = "box1"

@@ -10,19 +10,19 @@ Helpers for the tests themselves: ``from procs import wait_until, ...`` and ``im
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
-
-import pytest
 
 import media
+import pytest
 from daemon_infra import KEY
-from focoos_edge.tools.localserver import LocalServer
 from media import Marker
 from mqtt_infra import CLIENTS_APT, MOSQUITTO_APT, Mosquitto, MqttSubscriber
 from procs import ChildProcess, InfraError, ProcessRegistry, require_tool
 from rtsp_infra import RtspServer, check_gstreamer
+
+from focoos_edge.tools.localserver import LocalServer
 
 MARKER_CLIP_MARKERS = (
     Marker(id=3, x=160, y=140, size=240),

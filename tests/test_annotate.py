@@ -9,6 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
+from focoos_edge.capture.encode import JpegEncoder
+from focoos_edge.inference.client import Detection
 from focoos_edge.subscribers.annotate import (
     MASK_ALPHA,
     PALETTE_BGR,
@@ -21,8 +23,6 @@ from focoos_edge.subscribers.annotate import (
     label_text,
     render_snapshot,
 )
-from focoos_edge.capture.encode import JpegEncoder
-from focoos_edge.inference.client import Detection
 
 GREY = 128
 

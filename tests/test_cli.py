@@ -20,20 +20,20 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+import httpfault
 import jsonschema
+import media
 import pytest
 import requests
 import yaml
-
-import httpfault
-import media
 from daemon_infra import daemon_config
-from focoos_edge import __version__
-from focoos_edge.capture.encode import JpegEncoder
-from focoos_edge.tools.localserver import LocalServer
 from httpfault import FaultServer, closed_port
 from media import Marker
 from procs import wait_until
+
+from focoos_edge import __version__
+from focoos_edge.capture.encode import JpegEncoder
+from focoos_edge.tools.localserver import LocalServer
 
 CLI = [str(Path(sys.executable).with_name("focoos-edge"))]
 CANARY = "CANARY-7f3a9c"

@@ -11,18 +11,16 @@ import sys
 import threading
 from pathlib import Path
 
+import cv2
 import jsonschema
 import numpy as np
-import cv2
 import paho.mqtt.client as mqtt
 import pytest
 
-from focoos_edge.delivery import contract
-from focoos_edge.config.models import load_config
-from focoos_edge.delivery.contract import ContractError, SchemaNotFoundError, classify_topic, label_level
-from focoos_edge.service.daemon import Daemon
 from focoos_edge.capture.encode import FrameJob
-from focoos_edge.inference.client import FocoosError
+from focoos_edge.config.models import load_config
+from focoos_edge.delivery import contract
+from focoos_edge.delivery.contract import ContractError, SchemaNotFoundError, classify_topic, label_level
 from focoos_edge.delivery.messages import (
     Topics,
     camera_state_payload,
@@ -33,6 +31,8 @@ from focoos_edge.delivery.messages import (
 )
 from focoos_edge.delivery.publisher import OFFLINE, ONLINE
 from focoos_edge.inference import uplink
+from focoos_edge.inference.client import FocoosError
+from focoos_edge.service.daemon import Daemon
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "mqtt.md"

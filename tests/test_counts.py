@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from focoos_edge.delivery import contract
-from focoos_edge.subscribers.counts import CountTracker
 from focoos_edge.delivery.messages import Topics
+from focoos_edge.subscribers.counts import CountTracker
 
 BASE = Topics("focoos", "edge-01").base
 

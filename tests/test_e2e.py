@@ -5,13 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 
 import cv2
+import httpfault
 import numpy as np
 import pytest
-
-import httpfault
 from daemon_infra import KEY, TOPIC, daemon_command, daemon_config, state_is, stop_daemon
-from focoos_edge.tools.localserver import LocalServer
 from procs import free_port, wait_until
+
+from focoos_edge.tools.localserver import LocalServer
 
 CANARY = "CANARY-7f3a9c"
 PAYLOAD_KEYS = {"v", "device_id", "camera", "frame_id", "captured_at", "published_at", "replayed", "model_ref",

@@ -28,14 +28,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import pytest
-
 import httpfault
 import media
-from daemon_infra import daemon_command, daemon_config
+import pytest
+from daemon_infra import daemon_command, daemon_config, stop_daemon
 from mqtt_infra import MqttSubscriber
 from procs import ChildProcess, wait_until
-from daemon_infra import stop_daemon
 
 KEY = "fault-key-0123"
 CAM = "cam"

@@ -11,7 +11,9 @@ import traceback
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 
+import httpfault
 import pytest
+from httpfault import FaultServer, hang, multipart_parts, raw, reset
 
 from focoos_edge.inference.client import (
     AuthError,
@@ -27,8 +29,6 @@ from focoos_edge.inference.client import (
     parse_retry_after,
     scale_detections,
 )
-import httpfault
-from httpfault import FaultServer, hang, multipart_parts, raw, reset
 
 CANARY = "CANARY-7f3a9c"
 JPEG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4 + b"\xff\xd9"  # opaque bytes: the client must not touch them

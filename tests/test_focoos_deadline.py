@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import time
 
+import httpfault
 import pytest
 
-import httpfault
 from focoos_edge.inference.client import FocoosClient, TransientError
-
 
 TRICKLED_BODY = httpfault.trickle(
     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n", b" ", 0.1)

@@ -9,6 +9,7 @@ import pytest
 
 from focoos_edge import __version__
 from focoos_edge.delivery import contract
+from focoos_edge.delivery.messages import Topics
 from focoos_edge.subscribers.counts import CountTracker
 from focoos_edge.subscribers.homeassistant import (
     REQUIRED_KEYS,
@@ -21,7 +22,6 @@ from focoos_edge.subscribers.homeassistant import (
     removed_topics,
     status_topic,
 )
-from focoos_edge.delivery.messages import Topics
 
 TOPICS = Topics("focoos", "edge.01")
 CAMERAS = [HaCamera("front_door", labels=("person", "traffic light"), snapshot=True), HaCamera("yard")]

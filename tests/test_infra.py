@@ -8,10 +8,9 @@ import sys
 import time
 from pathlib import Path
 
+import media
 import numpy as np
 import pytest
-
-import media
 from media import Marker
 from procs import (
     InfraError,

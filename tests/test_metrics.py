@@ -11,8 +11,8 @@ import socket
 import threading
 
 import pytest
-
 from daemon_infra import KEY, daemon_command, daemon_config
+
 from focoos_edge.delivery import contract
 from focoos_edge.service.metrics import CONTENT_TYPE, MetricsServer, render
 

@@ -12,17 +12,11 @@ import threading
 from pathlib import Path
 
 import cv2
+import media
 import numpy as np
 import pytest
+from procs import free_port, wait_until
 
-import media
-from focoos_edge.capture.worker import (
-    CameraWorker,
-    CaptureOpenError,
-    CaptureSettings,
-    open_capture,
-    retrieve_scaled,
-)
 from focoos_edge.capture.encode import FrameJob, JpegEncoder, resize_to_max_side
 from focoos_edge.capture.keyframes import KeyframeSource, ffmpeg_options
 from focoos_edge.capture.mjpeg import (
@@ -34,8 +28,14 @@ from focoos_edge.capture.mjpeg import (
     wrap_usb_capture,
 )
 from focoos_edge.capture.motion import InferenceBudget, SceneGate, mean_abs_diff, thumbnail
+from focoos_edge.capture.worker import (
+    CameraWorker,
+    CaptureOpenError,
+    CaptureSettings,
+    open_capture,
+    retrieve_scaled,
+)
 from focoos_edge.config.sources import parse_source
-from procs import free_port, wait_until
 
 FPS = 25
 

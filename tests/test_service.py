@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import logging
 import signal
-import sqlite3
 import socket
+import sqlite3
 import time
 
 import yaml
-
-from daemon_infra import daemon_command, daemon_config
-from focoos_edge.service.daemon import stalled
-from focoos_edge.tools.localserver import LocalServer
-from focoos_edge.service.logs import RateLimitFilter
+from daemon_infra import KEY, TOPIC, daemon_command, daemon_config, state_is, stop_daemon
 from procs import wait_until
-from daemon_infra import KEY, TOPIC, state_is, stop_daemon
+
+from focoos_edge.service.daemon import stalled
+from focoos_edge.service.logs import RateLimitFilter
+from focoos_edge.tools.localserver import LocalServer
 
 
 def _camera(name, clip, **extra):
@@ -104,7 +103,7 @@ def test_watchdog_pings_while_the_pipeline_turns(marker_clip, local_server, mosq
     while time.monotonic() < deadline and sum("WATCHDOG=1" in m for _, m in got) < 4:
         try:
             got.append((time.monotonic(), sock.recv(4096).decode()))
-        except socket.timeout:
+        except TimeoutError:
             assert daemon.alive, daemon.describe()
     texts = [m for _, m in got]
     assert texts[0].startswith("READY=1") and "STATUS=" in texts[0], texts
@@ -117,7 +116,7 @@ def test_watchdog_pings_while_the_pipeline_turns(marker_clip, local_server, mosq
     try:
         while True:
             rest.append(sock.recv(4096).decode())
-    except socket.timeout:
+    except TimeoutError:
         pass
     assert any(m.startswith("STOPPING=1") for m in rest), rest
     sock.close()
@@ -149,6 +148,7 @@ def test_rate_limit_filter_suppresses_repeats_and_reports_them():
 
 def test_watchdog_stops_when_the_uplink_hangs(marker_clip, mosquitto, spawn, tmp_path):
     import os
+
     import httpfault
 
     notify_path = tmp_path / "notify.sock"
@@ -169,7 +169,7 @@ def test_watchdog_stops_when_the_uplink_hangs(marker_clip, mosquitto, spawn, tmp
             try:
                 if sock.recv(4096) == b"WATCHDOG=1":
                     last_ping = time.monotonic()
-            except socket.timeout:
+            except TimeoutError:
                 pass
             if last_ping is not None:
                 silent_s = time.monotonic() - last_ping

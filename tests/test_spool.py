@@ -26,14 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import spool_writer
 from hypothesis import HealthCheck, Phase, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from spool_writer import CrashHarness, check_ledger, integrity_and_sums, make_job, read_spool_rows
 
-import spool_writer
 from focoos_edge.capture.encode import FrameJob
 from focoos_edge.delivery.spool import Budget, Spool, SpoolError
-from spool_writer import CrashHarness, check_ledger, integrity_and_sums, make_job, read_spool_rows
 
 KIB = 1024
 MIB = 1024 * KIB

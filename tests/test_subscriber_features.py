@@ -9,10 +9,9 @@ import subprocess
 import cv2
 import numpy as np
 import yaml
+from daemon_infra import KEY, TOPIC, daemon_command, daemon_config, stop_daemon
 
-from daemon_infra import daemon_command, daemon_config
 from focoos_edge.subscribers.annotate import colour_for
-from daemon_infra import KEY, TOPIC, stop_daemon
 
 
 def test_snapshot_counts_and_discovery(marker_clip, local_server, mosquitto, mqtt_sub, spawn, tmp_path):

@@ -26,10 +26,10 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from daemon_infra import KEY, daemon_config
-from focoos_edge.config.models import CameraConfig, InferenceConfig, load_config
 from procs import InfraError, require_tool
+
+from focoos_edge.config.models import CameraConfig, InferenceConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 UNIT = ROOT / "systemd" / "focoos-edge.service"

@@ -17,21 +17,19 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
-import numpy as np
-import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-
 import httpfault
 import media
+import numpy as np
+import pytest
 from httpfault import FaultServer
+from hypothesis import given
+from hypothesis import strategies as st
 from media import Marker
-from focoos_edge.common.backoff import Backoff
-from focoos_edge.capture.worker import Sampler
+from procs import wait_until
+
 from focoos_edge.capture.encode import EncoderUnavailableError, FrameJob, JpegEncoder, fit_size, resize_to_max_side
-from focoos_edge.inference.client import FocoosClient, InferenceResult
-from focoos_edge.tools.localserver import LocalServer
-from focoos_edge.service.logs import setup_logging
+from focoos_edge.capture.worker import Sampler
+from focoos_edge.common.backoff import Backoff
 from focoos_edge.delivery.messages import (
     Topics,
     detection_dict,
@@ -42,9 +40,11 @@ from focoos_edge.delivery.messages import (
     iso_utc_ns,
 )
 from focoos_edge.delivery.spool import Spool
-from focoos_edge.service.systemd import Notifier, watchdog_interval_s
+from focoos_edge.inference.client import FocoosClient, InferenceResult
 from focoos_edge.inference.uplink import CameraRoute, CircuitBreaker, Delivery, InferenceHealth, LiveQueue, Uplink
-from procs import wait_until
+from focoos_edge.service.logs import setup_logging
+from focoos_edge.service.systemd import Notifier, watchdog_interval_s
+from focoos_edge.tools.localserver import LocalServer
 
 CANARY = "CANARY-7f3a9c"
 LOCAL_KEY = "local-key-5678"

@@ -9,8 +9,8 @@ substitution, ``*_file`` secrets, error lines) is :mod:`focoos_edge.config.load`
 
 from __future__ import annotations
 
-import ipaddress
 import importlib.util
+import ipaddress
 import os
 import re
 import socket
@@ -19,15 +19,36 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ByteSize, ConfigDict, Field, PlainSerializer
-from pydantic import PlainValidator, SecretStr, StringConstraints, ValidationInfo
-from pydantic import WithJsonSchema, field_serializer, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ByteSize,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    SecretStr,
+    StringConstraints,
+    ValidationInfo,
+    WithJsonSchema,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
-# ConfigError is re-exported: callers catch it as focoos_edge.config.models.ConfigError.
-from focoos_edge.config.load import ConfigError, SecretFile, existing_file, load_model, located_error  # noqa: F401 - some names re-exported
-from focoos_edge.config.load import read_secret_file, resolve_path
 from focoos_edge.common.redact import MASK, redact_url, url_secrets
+
+# ConfigError is re-exported: callers catch it as focoos_edge.config.models.ConfigError.
+from focoos_edge.config.load import (  # noqa: F401 - some names re-exported
+    ConfigError,
+    SecretFile,
+    existing_file,
+    load_model,
+    located_error,
+    read_secret_file,
+    resolve_path,
+)
 from focoos_edge.config.sources import Source, parse_source
 
 MIB = 1024 * 1024

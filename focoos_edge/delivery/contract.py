@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from typing import Any
 
@@ -45,7 +45,7 @@ class ValidatorUnavailableError(RuntimeError):
     """`validate()` needs the `jsonschema` package (pip install 'focoos-edge[test]')."""
 
 
-@lru_cache(maxsize=None)
+@cache
 def _schema_text(name: str) -> str:
     if name not in SCHEMA_NAMES:
         raise SchemaNotFoundError(f"no schema named {name!r}; known: {', '.join(SCHEMA_NAMES)}")
@@ -62,7 +62,7 @@ def schemas() -> dict[str, dict]:
     return {name: schema(name) for name in SCHEMA_NAMES}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _validator(name: str) -> Any:
     try:
         import jsonschema  # consumer/test extra: never needed by the daemon

@@ -19,7 +19,8 @@ import math
 import socket
 import ssl
 import time
-from typing import Any, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import requests
@@ -28,11 +29,27 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from focoos_edge import __version__
+
 # Re-exported: callers import the errors, result types and parsers from here.
-from focoos_edge.inference.errors import AuthError, FocoosError, MalformedResponseError, ModelNotFoundError
-from focoos_edge.inference.errors import PermanentError, RateLimitedError, TransientError
-from focoos_edge.inference.parse import READY_STATUSES, Detection, InferenceResult, ModelInfo, error_detail  # noqa: F401 - some names re-exported
-from focoos_edge.inference.parse import parse_inference, parse_model_info, parse_retry_after
+from focoos_edge.inference.errors import (
+    AuthError,
+    FocoosError,
+    MalformedResponseError,
+    ModelNotFoundError,
+    PermanentError,
+    RateLimitedError,
+    TransientError,
+)
+from focoos_edge.inference.parse import (  # noqa: F401 - some names re-exported
+    READY_STATUSES,
+    Detection,
+    InferenceResult,
+    ModelInfo,
+    error_detail,
+    parse_inference,
+    parse_model_info,
+    parse_retry_after,
+)
 
 log = logging.getLogger(__name__)
 

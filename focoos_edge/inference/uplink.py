@@ -16,10 +16,9 @@ from collections import Counter, defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from focoos_edge.common.backoff import Backoff
 from focoos_edge.capture.encode import FrameJob
+from focoos_edge.common.backoff import Backoff
 from focoos_edge.delivery.spool import Spool, SpooledFrame, SpoolError
-from focoos_edge.service.stats import HourlyRate
 from focoos_edge.inference.client import (
     AuthError,
     FocoosClient,
@@ -29,6 +28,7 @@ from focoos_edge.inference.client import (
     ModelNotFoundError,
     RateLimitedError,
 )
+from focoos_edge.service.stats import HourlyRate
 
 log = logging.getLogger(__name__)
 

@@ -9,27 +9,27 @@ import time
 from collections import Counter
 
 from focoos_edge import __version__
+from focoos_edge.capture.encode import FrameJob, JpegEncoder
 from focoos_edge.capture.worker import CameraWorker, CaptureSettings
 from focoos_edge.config.models import Config, ConfigError, load_config
-from focoos_edge.capture.encode import FrameJob, JpegEncoder
-from focoos_edge.subscribers.features import SubscriberFeatures
-from focoos_edge.service.logs import set_level
-from focoos_edge.service.metrics import MetricsServer
-from focoos_edge.inference.client import FocoosClient, InferenceResult, scale_detections
 from focoos_edge.delivery.messages import (
     Topics,
     camera_state_payload,
     detection_dict,
     detections_payload,
-    keeps,
     inference_state_payload,
     iso_utc,
+    keeps,
 )
 from focoos_edge.delivery.publisher import MqttSettings, Publisher
 from focoos_edge.delivery.spool import Spool, SpoolError
+from focoos_edge.inference.client import FocoosClient, InferenceResult, scale_detections
+from focoos_edge.inference.uplink import CameraRoute, Delivery, InferenceHealth, LiveQueue, Uplink
+from focoos_edge.service.logs import set_level
+from focoos_edge.service.metrics import MetricsServer
 from focoos_edge.service.stats import CpuMeter, accounting, percentile, rss_bytes
 from focoos_edge.service.systemd import Notifier
-from focoos_edge.inference.uplink import CameraRoute, Delivery, InferenceHealth, LiveQueue, Uplink
+from focoos_edge.subscribers.features import SubscriberFeatures
 
 log = logging.getLogger(__name__)
 

@@ -11,16 +11,22 @@ import time
 from collections.abc import Sequence
 
 from focoos_edge import __version__
-from focoos_edge.subscribers.annotate import SnapshotError, SnapshotGate, render_snapshot
+from focoos_edge.capture.encode import FrameJob
 from focoos_edge.config.models import Config
 from focoos_edge.delivery.contract import snapshot_topic
-from focoos_edge.subscribers.counts import CountTracker
-from focoos_edge.capture.encode import FrameJob
-from focoos_edge.inference.client import Detection
-from focoos_edge.subscribers.homeassistant import DiscoveryMessage, HaCamera, discovery_messages, is_birth, removed_topics, \
-    status_topic
 from focoos_edge.delivery.messages import Topics, dumps
 from focoos_edge.delivery.publisher import Publisher
+from focoos_edge.inference.client import Detection
+from focoos_edge.subscribers.annotate import SnapshotError, SnapshotGate, render_snapshot
+from focoos_edge.subscribers.counts import CountTracker
+from focoos_edge.subscribers.homeassistant import (
+    DiscoveryMessage,
+    HaCamera,
+    discovery_messages,
+    is_birth,
+    removed_topics,
+    status_topic,
+)
 
 log = logging.getLogger(__name__)
 

@@ -9,12 +9,12 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
+from focoos_edge.capture.encode import EncoderUnavailableError, JpegEncoder, resize_to_max_side
 from focoos_edge.capture.worker import CaptureOpenError, open_capture
 from focoos_edge.config.models import Config
-from focoos_edge.service.daemon import capture_settings, mqtt_settings
-from focoos_edge.capture.encode import EncoderUnavailableError, JpegEncoder, resize_to_max_side
-from focoos_edge.inference.client import AuthError, FocoosClient, FocoosError, ModelNotFoundError
 from focoos_edge.delivery.publisher import check_broker
+from focoos_edge.inference.client import AuthError, FocoosClient, FocoosError, ModelNotFoundError
+from focoos_edge.service.daemon import capture_settings, mqtt_settings
 
 
 def fourcc_text(value: float) -> str:
