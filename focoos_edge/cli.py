@@ -49,7 +49,8 @@ def log_thread_crashes() -> None:
 
 def _load(path: str):
     """Load the config or print its errors; returns (config, exit code)."""
-    from focoos_edge.config.models import ConfigError, load_config
+    from focoos_edge.config.load import ConfigError
+    from focoos_edge.config.models import load_config
 
     try:
         return load_config(path), EX_OK

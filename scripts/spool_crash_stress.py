@@ -84,7 +84,7 @@ def write_amplification(work_dir: Path, frames: int = 1000, size: int = 50 * 102
                 rid = spool.put_message("cam", "edge/cam/detections", b'{"detections": []}', 1, done_frame=taken.row_id)
                 spool.delete_messages([rid])
         spool.close()  # includes the final checkpoint
-        written, wchar = (a - b for a, b in zip(_write_bytes(), (before, before_w)))
+        written, wchar = (a - b for a, b in zip(_write_bytes(), (before, before_w), strict=True))
         payload = frames * size
         print(f"write amplification, {name}: {frames} x {size // 1024} KiB frames, "
               f"write_bytes/payload = {written / payload:.2f}, wchar/payload = {wchar / payload:.2f}, "

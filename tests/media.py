@@ -128,7 +128,7 @@ def detect_markers(frame: np.ndarray) -> dict[int, np.ndarray]:
     corners, ids, _rejected = detector.detectMarkers(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY))
     if ids is None:
         return {}
-    return {int(i): c.reshape(4, 2) for i, c in zip(ids.flatten(), corners)}
+    return {int(i): c.reshape(4, 2) for i, c in zip(ids.flatten(), corners, strict=True)}
 
 
 def read_frames(path_or_url: str | Path, count: int, timeout_s: float = 20.0) -> list[np.ndarray]:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from focoos_edge.capture.encode import JpegEncoder
-from focoos_edge.inference.client import Detection
+from focoos_edge.inference.parse import Detection
 from focoos_edge.subscribers.annotate import (
     MASK_ALPHA,
     PALETTE_BGR,
@@ -154,7 +154,7 @@ def test_render_snapshot_round_trips_real_jpegs():
     jpeg = encoder.encode(frame, 85)
     out_jpeg = render_snapshot(jpeg, [det([100, 120, 300, 250], cls_id=4)], height=720, quality=90)
     assert out_jpeg[:3] == b"\xff\xd8\xff"
-    out = encoder.decode(out_jpeg)
+    out = cv2.imdecode(np.frombuffer(out_jpeg, np.uint8), cv2.IMREAD_COLOR)
     assert out.shape == (720, 1280, 3)
     # The middle of the (4 px) left edge, away from the tag: the palette colour survives JPEG.
     edge = out[400:460, 199:201].reshape(-1, 3).astype(int)

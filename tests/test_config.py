@@ -13,7 +13,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from focoos_edge.config.models import Config, ConfigError, config_json_schema, load_config
+from focoos_edge.config.load import ConfigError
+from focoos_edge.config.models import Config, config_json_schema, load_config
 from focoos_edge.config.sources import Source, parse_source
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -91,7 +91,8 @@ def test_wire_format_and_box_scaling(marker_clip, mosquitto, mqtt_sub, start_dae
             cameras=[{"name": "yard", "source": f"file://{marker_clip.path}", "sample_fps": 2, "max_side": 640,
                       "jpeg_quality": 70, "threshold": 0.6, "labels": ["person", "car"]}])
         msg = sub.wait_for(lambda m: m.topic == f"{TOPIC}/yard/detections", 30, "a detections message").json()
-        assert msg["detections"] == [{"label": "person", "cls_id": 0, "conf": 0.9, "bbox": [192.0, 108.0, 960.0, 540.0]}]
+        assert msg["detections"] == [
+            {"label": "person", "cls_id": 0, "conf": 0.9, "bbox": [192.0, 108.0, 960.0, 540.0]}]
 
         posts = [r for r in server.requests if r.method == "POST"]
         assert posts, [r.path for r in server.requests]

@@ -15,20 +15,17 @@ import httpfault
 import pytest
 from httpfault import FaultServer, hang, multipart_parts, raw, reset
 
-from focoos_edge.inference.client import (
+from focoos_edge.inference.client import FocoosClient, format_threshold, scale_detections
+from focoos_edge.inference.errors import (
     AuthError,
-    Detection,
-    FocoosClient,
     FocoosError,
     MalformedResponseError,
     ModelNotFoundError,
     PermanentError,
     RateLimitedError,
     TransientError,
-    format_threshold,
-    parse_retry_after,
-    scale_detections,
 )
+from focoos_edge.inference.parse import Detection, parse_retry_after
 
 CANARY = "CANARY-7f3a9c"
 JPEG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4 + b"\xff\xd9"  # opaque bytes: the client must not touch them

@@ -7,7 +7,8 @@ import time
 import httpfault
 import pytest
 
-from focoos_edge.inference.client import FocoosClient, TransientError
+from focoos_edge.inference.client import FocoosClient
+from focoos_edge.inference.errors import TransientError
 
 TRICKLED_BODY = httpfault.trickle(
     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n", b" ", 0.1)

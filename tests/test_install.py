@@ -110,7 +110,7 @@ def test_installed_config_reads_the_key_from_the_credential(installed, tmp_path)
     """The example, with its API key moved to the credential, is a valid config under systemd."""
     example = (ROOT / "config.example.yaml").read_text().splitlines()
     written = installed.config_text.splitlines()
-    changed = [(a, b) for a, b in zip(example, written) if a != b]
+    changed = [(a, b) for a, b in zip(example, written, strict=False) if a != b]
     assert len(example) == len(written) and len(changed) == 1, changed
     assert changed[0][1].strip().startswith("api_key_file: focoos_api_key")
     creds = tmp_path / "credentials"

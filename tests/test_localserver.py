@@ -15,14 +15,8 @@ import numpy as np
 import pytest
 import requests
 
-from focoos_edge.tools.localserver import (
-    CLASSES,
-    MAX_BODY_BYTES,
-    LocalServer,
-    add_arguments,
-    draw_markers,
-    run_from_args,
-)
+from focoos_edge.tools.aruco import CLASSES, draw_markers
+from focoos_edge.tools.localserver import MAX_BODY_BYTES, LocalServer, add_arguments, run_from_args
 
 KEY = "local-test-key-0123"
 MODEL = "local-aruco"

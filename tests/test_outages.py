@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import calendar
 import importlib.util
+import itertools
 import random
 import sys
 import time
@@ -74,7 +75,7 @@ def iso_ns(text: str) -> int:
 def gaps_over(captured: list[int], limit_s: float, origin_s: float) -> list[str]:
     """Gaps between consecutive capture times above `limit_s`, located relative to `origin_s`."""
     times = sorted(captured)
-    return [f"{(b - a) / 1e9:.2f} s gap at {a / 1e9 - origin_s:+.1f} s" for a, b in zip(times, times[1:])
+    return [f"{(b - a) / 1e9:.2f} s gap at {a / 1e9 - origin_s:+.1f} s" for a, b in itertools.pairwise(times)
             if b - a > limit_s * 1e9]
 
 

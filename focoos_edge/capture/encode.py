@@ -75,7 +75,3 @@ class JpegEncoder:
     def encode(self, bgr: np.ndarray, quality: int) -> bytes:
         """Encode a BGR uint8 image (OpenCV order) to JPEG bytes."""
         return self._tj.encode(np.ascontiguousarray(bgr), quality=quality)
-
-    def decode(self, jpeg: bytes) -> np.ndarray:
-        """Decode JPEG bytes to a BGR image."""
-        return self._tj.decode(jpeg)

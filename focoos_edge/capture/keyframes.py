@@ -100,7 +100,7 @@ class KeyframeSource:
         self.keyframes = 0
 
     # -- the cv2.VideoCapture subset ------------------------------------------------------
-    def isOpened(self) -> bool:  # noqa: N802 (cv2 naming)
+    def isOpened(self) -> bool:
         """True until released."""
         return self._container is not None
 

@@ -131,7 +131,7 @@ class MjpegCapture:
         self._cap = cap
         self._decoder = decoder or MjpegDecoder()
 
-    def isOpened(self) -> bool:  # noqa: N802 (cv2 naming)
+    def isOpened(self) -> bool:
         """True while the device is open."""
         return self._cap.isOpened()
 

@@ -120,8 +120,3 @@ class InferenceBudget:
         self._tokens -= 1.0
         self._spent.append(now)
         return True
-
-    def used_last_hour(self) -> int:
-        """Inferences spent in the last hour."""
-        now = self._clock()
-        return sum(1 for t in self._spent if now - t < HOUR_S)

@@ -160,7 +160,6 @@ class CameraWorker(threading.Thread):
         self.settings = settings
         self.counters = CameraCounters()
         self.state = RECONNECTING
-        self.state_since = time.time()
         self.last_progress = time.monotonic()
         self._on_job = on_job
         self._on_state = on_state
@@ -308,7 +307,6 @@ class CameraWorker(threading.Thread):
         if state == self.state:
             return
         self.state = state
-        self.state_since = time.time()
         self._on_state(self.settings.name, state, detail)
 
 

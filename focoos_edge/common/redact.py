@@ -165,5 +165,5 @@ class RedactingFilter(logging.Filter):
 def _render(record: logging.LogRecord) -> str:
     try:
         return record.getMessage()
-    except Exception as exc:  # noqa: BLE001 - a filter that raises would break the caller's log call
+    except Exception as exc:
         return f"{record.msg} {record.args!r} (message could not be formatted: {exc})"

@@ -38,10 +38,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from focoos_edge.common.redact import MASK, redact_url, url_secrets
-
-# ConfigError is re-exported: callers catch it as focoos_edge.config.models.ConfigError.
-from focoos_edge.config.load import (  # noqa: F401 - some names re-exported
-    ConfigError,
+from focoos_edge.config.load import (
     SecretFile,
     existing_file,
     load_model,
@@ -248,7 +245,8 @@ class SnapshotConfig(_Model):
 
     labels: tuple[NonEmpty, ...] | None = Field(
         None, min_length=1, description="Labels that trigger a snapshot (default: any detection).")
-    height: int | None = Field(None, ge=64, le=2160, description="Height of the snapshot (default: the uploaded frame's).")
+    height: int | None = Field(
+        None, ge=64, le=2160, description="Height of the snapshot (default: the uploaded frame's).")
     quality: int = Field(70, ge=1, le=100, description="JPEG quality of the snapshot.")
     min_interval_s: float = Field(2.0, ge=0, description="At most one snapshot per this many seconds.")
 
@@ -299,8 +297,8 @@ class CameraConfig(_Model):
         "all", description="'keyframes': decode only keyframes (needs the 'keyframes' extra, PyAV); far less "
                            "CPU when sample_fps is at or below the stream's keyframe rate. Files and streams only.")
     decode_threads: int = Field(
-        1, ge=0, le=16, description="FFmpeg decoder threads (0: OpenCV's choice, one per core). One is "
-                                    "enough up to 1080p and keeps frames fresher and memory lower (docs/performance.md).")
+        1, ge=0, le=16, description="FFmpeg decoder threads (0: OpenCV's choice, one per core). One is enough "
+                                    "up to 1080p and keeps frames fresher and memory lower (docs/performance.md).")
     usb_mjpeg: bool = Field(False, description="USB cameras: ask for MJPEG and decode sampled frames scaled "
                                                 "down by TurboJPEG instead of decoding every frame in full.")
     motion_threshold: float | None = Field(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -63,12 +63,6 @@ def keeps(label: str | None, conf: float, labels: Sequence[str] | None, threshol
     return conf > limit and (not labels or label in labels)
 
 
-def filter_labels(detections: Iterable[dict], labels: Sequence[str] | None, threshold: float,
-                  thresholds: Mapping[str, float] | None = None) -> list[dict]:
-    """The detection dicts that `keeps` accepts."""
-    return [d for d in detections if keeps(d["label"], d["conf"], labels, threshold, thresholds)]
-
-
 def detections_payload(
     *,
     device_id: str,
@@ -85,7 +79,7 @@ def detections_payload(
     total_ms: float,
     queue_ms: float,
 ) -> dict:
-    """The v1 detections message (CONTRACT.md)."""
+    """The v1 detections message (docs/mqtt.md; schema delivery/schemas/detections.json)."""
     return {
         "v": PAYLOAD_VERSION,
         "device_id": device_id,

@@ -32,8 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from focoos_edge.capture.encode import FrameJob
-
-# Budget is re-exported: callers and tests import it from here.
 from focoos_edge.delivery.spool_files import DB_SUFFIXES, Budget, ReserveFile, connect, quarantine
 
 log = logging.getLogger(__name__)

@@ -1,12 +1,11 @@
 """Focoos HUB remote-inference client.
 
-Speaks the wire format described in focoos-api.md (``X-API-Key`` header, one multipart part named
+Speaks the Focoos HUB wire format (``X-API-Key`` header, one multipart part named
 ``file``), parses replies tolerantly and turns every failure into one typed error, so the uplink's
 retry policy can tell a 503 from a 401 without looking at strings.
 
-The errors (``FocoosError`` and its subclasses, each with ``.retryable`` and ``.reason``; the tree is in
-:mod:`focoos_edge.inference.errors`) and the reply types and their parsing (:mod:`focoos_edge.inference.parse`)
-are re-exported here.
+The errors (``FocoosError`` and its subclasses, each with ``.retryable`` and ``.reason``) live in
+:mod:`focoos_edge.inference.errors`; the reply types and their parsing in :mod:`focoos_edge.inference.parse`.
 """
 
 from __future__ import annotations
@@ -40,8 +39,7 @@ from focoos_edge.inference.errors import (
     RateLimitedError,
     TransientError,
 )
-from focoos_edge.inference.parse import (  # noqa: F401 - some names re-exported
-    READY_STATUSES,
+from focoos_edge.inference.parse import (
     Detection,
     InferenceResult,
     ModelInfo,

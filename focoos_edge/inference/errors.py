@@ -1,4 +1,4 @@
-"""The typed errors of the Focoos HUB client (:mod:`focoos_edge.inference.client` re-exports them).
+"""The typed errors of the Focoos HUB client (raised by :mod:`focoos_edge.inference.client`).
 
 Each has ``.retryable`` and a short ``.reason`` usable as an MQTT state::
 

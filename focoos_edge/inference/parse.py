@@ -1,4 +1,4 @@
-"""Tolerant parsing of Focoos HUB replies (:mod:`focoos_edge.inference.client` re-exports it).
+"""Tolerant parsing of Focoos HUB replies (used by :mod:`focoos_edge.inference.client`).
 
 Only what cannot be used raises :class:`~focoos_edge.inference.errors.MalformedResponseError`;
 optional parts that are missing or odd get defaults (recorded in ``ModelInfo.notes``) or are dropped.

@@ -18,17 +18,17 @@ from dataclasses import dataclass, field
 
 from focoos_edge.capture.encode import FrameJob
 from focoos_edge.common.backoff import Backoff
+from focoos_edge.common.rates import HourlyRate
 from focoos_edge.delivery.spool import Spool, SpooledFrame, SpoolError
-from focoos_edge.inference.client import (
+from focoos_edge.inference.client import FocoosClient
+from focoos_edge.inference.errors import (
     AuthError,
-    FocoosClient,
     FocoosError,
-    InferenceResult,
     MalformedResponseError,
     ModelNotFoundError,
     RateLimitedError,
 )
-from focoos_edge.service.stats import HourlyRate
+from focoos_edge.inference.parse import InferenceResult
 
 log = logging.getLogger(__name__)
 

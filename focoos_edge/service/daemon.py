@@ -11,7 +11,8 @@ from collections import Counter
 from focoos_edge import __version__
 from focoos_edge.capture.encode import FrameJob, JpegEncoder
 from focoos_edge.capture.worker import CameraWorker, CaptureSettings
-from focoos_edge.config.models import Config, ConfigError, load_config
+from focoos_edge.config.load import ConfigError
+from focoos_edge.config.models import Config, load_config
 from focoos_edge.delivery.messages import (
     Topics,
     camera_state_payload,
@@ -23,7 +24,8 @@ from focoos_edge.delivery.messages import (
 )
 from focoos_edge.delivery.publisher import MqttSettings, Publisher
 from focoos_edge.delivery.spool import Spool, SpoolError
-from focoos_edge.inference.client import FocoosClient, InferenceResult, scale_detections
+from focoos_edge.inference.client import FocoosClient, scale_detections
+from focoos_edge.inference.parse import InferenceResult
 from focoos_edge.inference.uplink import CameraRoute, Delivery, InferenceHealth, LiveQueue, Uplink
 from focoos_edge.service.logs import set_level
 from focoos_edge.service.metrics import MetricsServer
@@ -363,6 +365,7 @@ class Daemon:
             "state": w.state if w else "removed", "fps": round(w.fps(), 2) if w else 0.0,
             "grabbed": w.counters.grabbed if w else 0, "sampled": w.counters.sampled if w else 0,
             "reconnects": w.counters.reconnects if w else 0,
+            "grab_failures": w.counters.grab_failures if w else 0,
             "open_failures": w.counters.open_failures if w else 0,
             "uploaded": up.uploaded, "bytes_uploaded": up.bytes_uploaded, "results": up.results,
             "inferences_last_hour": hour[0], "bytes_uploaded_last_hour": hour[1],
@@ -385,7 +388,8 @@ class Daemon:
             "inference": {"state": self.health.state, "queue_depth": len(self.queue),
                           "in_flight": self.uplink.busy},
             "mqtt": {"connected": self.publisher.connected.is_set(), "sent": pc.sent, "acked": pc.acked,
-                     "resent": pc.resent, "dropped": pc.dropped_queue_full},
+                     "resent": pc.resent, "dropped": pc.dropped_queue_full,
+                     "connects": pc.connects, "connect_failures": pc.connect_failures},
             "spool": self.spool.stats(),
             "cameras": {cam: self._camera_stats(cam, acc) for cam, acc in self.accounting().items()},
         }

@@ -228,5 +228,5 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args: Iterable) -> None:  # noqa: A002 (the stdlib's name)
-        log.debug("metrics: %s " + format, self.address_string(), *args)
+    def log_message(self, format: str, *args: Iterable) -> None:
+        log.debug("metrics: %s %s", self.address_string(), format % args)

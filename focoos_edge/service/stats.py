@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterable, Mapping
 
 
@@ -51,29 +51,6 @@ def rss_bytes() -> int:
     except (OSError, ValueError, IndexError):
         import resource
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-class HourlyRate:
-    """Events and bytes over the last hour, in one-minute buckets (bounded memory at any rate)."""
-
-    def __init__(self, clock=time.monotonic):
-        self._clock = clock
-        self._buckets: deque[list] = deque()  # [minute, events, bytes], oldest first
-
-    def add(self, n_bytes: int) -> None:
-        minute = int(self._clock() // 60)
-        if not self._buckets or self._buckets[-1][0] != minute:
-            self._buckets.append([minute, 0, 0])
-        self._buckets[-1][1] += 1
-        self._buckets[-1][2] += n_bytes
-
-    def last_hour(self) -> tuple[int, int]:
-        """(events, bytes) in the last 60 minutes, this one included."""
-        oldest = int(self._clock() // 60) - 59
-        while self._buckets and self._buckets[0][0] < oldest:
-            self._buckets.popleft()
-        buckets = list(self._buckets)
-        return sum(b[1] for b in buckets), sum(b[2] for b in buckets)
 
 
 class CpuMeter:

@@ -16,7 +16,7 @@ from focoos_edge.config.models import Config
 from focoos_edge.delivery.contract import snapshot_topic
 from focoos_edge.delivery.messages import Topics, dumps
 from focoos_edge.delivery.publisher import Publisher
-from focoos_edge.inference.client import Detection
+from focoos_edge.inference.parse import Detection
 from focoos_edge.subscribers.annotate import SnapshotError, SnapshotGate, render_snapshot
 from focoos_edge.subscribers.counts import CountTracker
 from focoos_edge.subscribers.homeassistant import (

@@ -58,7 +58,7 @@ def detect_markers(detector: cv2.aruco.ArucoDetector, image: np.ndarray) -> list
     if ids is None:
         return []
     detections = []
-    for quad, marker_id, score in zip(corners, ids.flatten(), np.asarray(scores).flatten()):
+    for quad, marker_id, score in zip(corners, ids.flatten(), np.asarray(scores).flatten(), strict=True):
         points = quad.reshape(-1, 2)
         x1, y1 = points.min(axis=0)
         x2, y2 = points.max(axis=0)

@@ -25,7 +25,8 @@ import numpy as np
 from focoos_edge.config.models import load_config
 from focoos_edge.delivery.publisher import subscribe
 from focoos_edge.service.daemon import Daemon, mqtt_settings
-from focoos_edge.tools.localserver import LocalServer, draw_markers
+from focoos_edge.tools.aruco import draw_markers
+from focoos_edge.tools.localserver import LocalServer
 
 DEMO_KEY = "demo-local-key"
 CLIP_SIZE = (1280, 720)

@@ -13,7 +13,8 @@ from focoos_edge.capture.encode import EncoderUnavailableError, JpegEncoder, res
 from focoos_edge.capture.worker import CaptureOpenError, open_capture
 from focoos_edge.config.models import Config
 from focoos_edge.delivery.publisher import check_broker
-from focoos_edge.inference.client import AuthError, FocoosClient, FocoosError, ModelNotFoundError
+from focoos_edge.inference.client import FocoosClient
+from focoos_edge.inference.errors import AuthError, FocoosError, ModelNotFoundError
 from focoos_edge.service.daemon import capture_settings, mqtt_settings
 
 
