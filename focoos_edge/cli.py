@@ -160,6 +160,20 @@ def cmd_demo(args) -> int:
     return run_demo(args, stop)
 
 
+def add_local_server_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``local-server`` options (here, not in the server's module: `--help` must not load OpenCV)."""
+    from focoos_edge.tools import LOCAL_SERVER_KEY_ENV, LOCAL_SERVER_PORT
+
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=LOCAL_SERVER_PORT,
+                        help=f"port (default {LOCAL_SERVER_PORT}; 0 = any free)")
+    parser.add_argument("--api-key", default=None,
+                        help=f"the only key accepted (prefer the {LOCAL_SERVER_KEY_ENV} environment variable: "
+                             "command lines are visible to other users); if unset any non-blank key works")
+    parser.add_argument("--latency-ms", type=float, default=0.0,
+                        help="extra delay before each inference reply, to simulate a cloud round trip")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="focoos-edge",
@@ -185,9 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=".", help="folder for the saved JPEGs (default: current folder)")
     p.set_defaults(func=cmd_probe)
     p = sub.add_parser("local-server", help="a Focoos-compatible inference server with a CPU ArUco detector")
-    from focoos_edge.tools import localserver
-
-    localserver.add_arguments(p)
+    add_local_server_arguments(p)
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_local_server)
     p = sub.add_parser("demo", help="the whole pipeline on this machine: no camera, no cloud account")

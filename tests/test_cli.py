@@ -516,3 +516,15 @@ def test_demo_runs_the_whole_pipeline(mqtt_tools, tmp_path) -> None:
     port = int(re.search(r"MQTT broker 127\.0\.0\.1:(\d+)", done.stdout).group(1))
     with socket.socket() as sock:
         assert sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_help_does_not_load_opencv_numpy_or_paho():
+    """`--help` of every subcommand builds the parser only: the heavy stacks stay unloaded."""
+    code = ("import sys, contextlib, io\nfrom focoos_edge.cli import build_parser\n"
+            "for cmd in ([], ['run'], ['local-server'], ['probe'], ['demo']):\n"
+            "    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+            "        build_parser().parse_args(cmd + ['--help'])\n"
+            "print(sorted(m for m in ('cv2', 'numpy', 'paho', 'requests') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import requests
 
+from focoos_edge.cli import add_local_server_arguments
 from focoos_edge.tools.aruco import CLASSES, draw_markers
-from focoos_edge.tools.localserver import MAX_BODY_BYTES, LocalServer, add_arguments, run_from_args
+from focoos_edge.tools.localserver import MAX_BODY_BYTES, LocalServer, run_from_args
 
 KEY = "local-test-key-0123"
 MODEL = "local-aruco"
@@ -265,7 +266,7 @@ def test_draw_markers_validates_and_adds_quiet_zone():
 
 def _cli_args(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    add_arguments(parser)
+    add_local_server_arguments(parser)
     return parser.parse_args(list(argv))
 
 

@@ -97,13 +97,8 @@ class Publisher:
 
     def _make_client(self) -> mqtt.Client:
         s = self.settings
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=s.client_id,
-                             protocol=mqtt.MQTTv311, clean_session=True)
+        client = new_client(s)
         client.will_set(self.topics.availability, OFFLINE, qos=1, retain=True)
-        if s.username:
-            client.username_pw_set(s.username, s.password)
-        if s.tls:
-            client.tls_set_context(tls_context(s))
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.max_queued_messages_set(s.max_queued)
         client.max_inflight_messages_set(20)
@@ -277,16 +272,23 @@ class Publisher:
         self.last_error = message
 
 
-def check_broker(settings: MqttSettings, timeout_s: float = 5.0) -> str | None:
-    """Connect once with a throw-away client id; None when the broker accepted, else the reason."""
-    result: dict[str, str | None] = {}
-    done = threading.Event()
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{settings.client_id}-probe",
+def new_client(settings: MqttSettings, id_suffix: str = "") -> mqtt.Client:
+    """A paho client (MQTT 3.1.1, clean session) with the broker's credentials and TLS applied;
+    `id_suffix` keeps helper connections (probe, viewer) from taking over the daemon's client id."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=settings.client_id + id_suffix,
                          protocol=mqtt.MQTTv311, clean_session=True)
     if settings.username:
         client.username_pw_set(settings.username, settings.password)
     if settings.tls:
         client.tls_set_context(tls_context(settings))
+    return client
+
+
+def check_broker(settings: MqttSettings, timeout_s: float = 5.0) -> str | None:
+    """Connect once with a throw-away client id; None when the broker accepted, else the reason."""
+    result: dict[str, str | None] = {}
+    done = threading.Event()
+    client = new_client(settings, "-probe")
 
     def on_connect(c, userdata, flags, reason_code, properties):
         result["error"] = f"broker refused: {reason_code}" if reason_code.is_failure else None
@@ -310,8 +312,7 @@ def check_broker(settings: MqttSettings, timeout_s: float = 5.0) -> str | None:
 
 def subscribe(settings: MqttSettings, topic: str, on_message: Callable[[str, bytes, bool], None]) -> mqtt.Client:
     """A background subscriber (the demo's live view); call `.disconnect()` and `.loop_stop()` to end."""
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{settings.client_id}-view",
-                         protocol=mqtt.MQTTv311, clean_session=True)
+    client = new_client(settings, "-view")
     client.on_connect = lambda c, u, f, rc, p: None if rc.is_failure else c.subscribe(topic, qos=1)
     client.on_message = lambda c, u, msg: on_message(msg.topic, msg.payload, bool(msg.retain))
     client.connect_async(settings.host, settings.port, settings.keepalive_s)

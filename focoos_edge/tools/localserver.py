@@ -30,15 +30,16 @@ import cv2
 import numpy as np
 
 # Re-exported: tests and the demo import the marker helpers from here.
+from focoos_edge.tools import LOCAL_SERVER_KEY_ENV, LOCAL_SERVER_PORT
 from focoos_edge.tools.aruco import CLASSES, detect_markers, new_detector
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PORT = 8501
+DEFAULT_PORT = LOCAL_SERVER_PORT
 DEFAULT_MODEL_REF = "local-aruco"
 DEFAULT_THRESHOLD = 0.5
 MAX_BODY_BYTES = 20 * 1024 * 1024
-API_KEY_ENV = "FOCOOS_LOCAL_API_KEY"
+API_KEY_ENV = LOCAL_SERVER_KEY_ENV
 MODEL_IM_SIZE = 640
 MODEL_DESCRIPTION = "ArUco DICT_4X4_50 marker detector (OpenCV, CPU)"
 # Idle keep-alive connections (and stalled uploads) are dropped after this, so handler threads end.
@@ -365,18 +366,6 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         self.end_headers()
         self.wfile.write(data)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``local-server`` subcommand's options to ``parser``."""
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
-                        help=f"port (default {DEFAULT_PORT}; 0 = any free)")
-    parser.add_argument("--api-key", default=None,
-                        help=f"the only key accepted (prefer the {API_KEY_ENV} environment variable: "
-                             "command lines are visible to other users); if unset any non-blank key works")
-    parser.add_argument("--latency-ms", type=float, default=0.0,
-                        help="extra delay before each inference reply, to simulate a cloud round trip")
 
 
 def run_from_args(args: argparse.Namespace, stop_event: threading.Event) -> int:
