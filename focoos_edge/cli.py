@@ -42,7 +42,7 @@ def log_thread_crashes() -> None:
 
     def hook(args: threading.ExceptHookArgs) -> None:
         log.critical("thread %s crashed", args.thread.name if args.thread else "?",
-                     exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+                     exc_info=args.exc_value or True)
 
     threading.excepthook = hook
 

@@ -159,7 +159,7 @@ class KeyframeSource:
         if prop == cv2.CAP_PROP_FRAME_HEIGHT:
             return float(ctx.height)
         if prop == cv2.CAP_PROP_FOURCC:
-            return float(cv2.VideoWriter_fourcc(*(ctx.name.upper() + "    ")[:4]))
+            return float(cv2.VideoWriter.fourcc(*(ctx.name.upper() + "    ")[:4]))
         return 0.0
 
     def release(self) -> None:

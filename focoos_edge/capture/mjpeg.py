@@ -116,7 +116,7 @@ def _as_bytes(jpeg: bytes | np.ndarray) -> bytes:
     return jpeg.tobytes() if isinstance(jpeg, np.ndarray) else bytes(jpeg)
 
 
-MJPG_FOURCC = cv2.VideoWriter_fourcc(*"MJPG")
+MJPG_FOURCC = cv2.VideoWriter.fourcc(*"MJPG")
 
 
 class MjpegCapture:

@@ -314,7 +314,7 @@ def subscribe(settings: MqttSettings, topic: str, on_message: Callable[[str, byt
     """A background subscriber (the demo's live view); call `.disconnect()` and `.loop_stop()` to end."""
     client = new_client(settings, "-view")
     client.on_connect = lambda c, u, f, rc, p: None if rc.is_failure else c.subscribe(topic, qos=1)
-    client.on_message = lambda c, u, msg: on_message(msg.topic, msg.payload, bool(msg.retain))
+    client.on_message = lambda c, u, msg: on_message(msg.topic, bytes(msg.payload), bool(msg.retain))
     client.connect_async(settings.host, settings.port, settings.keepalive_s)
     client.loop_start()
     return client

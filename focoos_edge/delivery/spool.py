@@ -296,6 +296,8 @@ class Spool:
                 "INSERT INTO outbox (camera, topic, qos, retain, created_at_ns, bytes, crc32, payload) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (camera, topic, qos, int(retain), self._clock_ns(), size, _crc(payload), payload)).lastrowid
+            if row_id is None:  # never after an INSERT; typed Optional by sqlite3
+                raise SpoolError("the outbox insert returned no row id")
             self._outbox_bytes += size
             return row_id
 

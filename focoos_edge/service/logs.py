@@ -3,6 +3,7 @@ secrets redacted and repeated lines rate-limited on every handler."""
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
@@ -52,7 +53,8 @@ def _journal_handler() -> logging.Handler | None:
     if not os.environ.get("JOURNAL_STREAM"):
         return None
     try:
-        from systemd import journal
+        # By name: the repo's systemd/ folder (the unit file) would shadow the module for type checkers.
+        journal = importlib.import_module("systemd.journal")
     except ImportError:
         return None
 

@@ -53,7 +53,7 @@ def marker_positions(t_s: float, width: int, height: int) -> list[tuple[int, int
 def make_clip(path: str) -> str:
     """Write the demo clip (MPEG-4, through OpenCV's own FFmpeg: no ffmpeg binary needed)."""
     width, height = CLIP_SIZE
-    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), CLIP_FPS, (width, height))
+    writer = cv2.VideoWriter(path, cv2.VideoWriter.fourcc(*"mp4v"), CLIP_FPS, (width, height))
     if not writer.isOpened():
         raise DemoError(f"OpenCV cannot write {path}")
     background = np.full((height, width, 3), (90, 110, 80), np.uint8)
