@@ -1,1 +1,2 @@
-"""service"""
+"""The daemon as a service: wiring and lifecycle of the stages, stats, systemd (sd_notify, watchdog),
+logging with redaction, the Prometheus endpoint."""

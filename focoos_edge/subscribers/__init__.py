@@ -1,1 +1,2 @@
-"""subscribers"""
+"""What subscribers consume besides the detections: retained counts, annotated snapshots, Home
+Assistant discovery."""
