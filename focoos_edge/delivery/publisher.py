@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
 
+from focoos_edge.common.loop import Loop
 from focoos_edge.delivery.messages import Topics, dumps
 from focoos_edge.delivery.spool import Spool, SpoolError
 
@@ -91,7 +92,7 @@ class Publisher:
         self._last_sent = 0  # highest outbox row id published on this connection
         self._epoch = 0  # bumped on every disconnect: the pump then resends from the start
         self._pump_epoch = 0
-        self._pump: threading.Thread | None = None
+        self._pump: Loop | None = None
         self.last_progress = time.monotonic()  # the pump's loop turned (watchdog)
         self._client = self._make_client()
 
@@ -122,8 +123,7 @@ class Publisher:
                  self.settings.client_id)
         self._client.connect_async(self.settings.host, self.settings.port, self.settings.keepalive_s)
         self._client.loop_start()
-        self._pump = threading.Thread(target=self._pump_loop, args=(stop,), name="mqtt-outbox", daemon=True)
-        self._pump.start()
+        self._pump = Loop("mqtt-outbox", self.pump_turn, stop, on_beat=self._beat).start()
 
     def flush(self, timeout_s: float = 5.0) -> None:
         """Wait for the pump to stop, then publish the outbox while connected, until every message is
@@ -231,18 +231,25 @@ class Publisher:
     # -- outbox pump (its own thread) ---------------------------------------------------
     def alive(self) -> bool:
         """The outbox pump runs."""
-        return self._pump is not None and self._pump.is_alive()
+        return self._pump is not None and self._pump.alive()
 
-    def _pump_loop(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            self.last_progress = time.monotonic()
-            self._wake.wait(0.5)
-            self._wake.clear()
-            try:
-                self._pump_step()
-            except SpoolError as exc:
-                log.error("MQTT outbox: %s", exc)
-                stop.wait(1.0)
+    def restarts(self) -> dict[str, int]:
+        """Outbox pump restarts after an unexpected error."""
+        return {self._pump.name: self._pump.restarts} if self._pump is not None else {}
+
+    def _beat(self, now: float) -> None:
+        self.last_progress = now
+
+    def pump_turn(self) -> float:
+        """One turn of the pump thread: wait for an ack, a new message or a (re)connect, then pump."""
+        self._wake.wait(0.5)
+        self._wake.clear()
+        try:
+            self._pump_step()
+        except SpoolError as exc:  # a failing disk: expected, no traceback
+            log.error("MQTT outbox: %s", exc)
+            return 1.0
+        return 0.0
 
     def _pump_step(self) -> bool:
         """Delete acknowledged rows, then publish more while connected; True while work remains."""

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from focoos_edge.capture.encode import FrameJob
 from focoos_edge.common.backoff import Backoff
+from focoos_edge.common.loop import Loop
 from focoos_edge.delivery.spool import Spool, SpooledFrame, SpoolError
 from focoos_edge.inference.client import (
     AuthError,
@@ -205,7 +206,8 @@ class Uplink:
         self.probe_interval_s = probe_interval_s
         self._breaker = CircuitBreaker()
         self._empty_generation = -1  # spool.frames_generation when take_frame() last found nothing
-        self._threads: list[threading.Thread] = []
+        self.loops: list[Loop] = []
+        self._probe_backoff = Backoff(1.0, probe_interval_s, jitter="equal")
         self._lock = threading.Lock()
 
     @property
@@ -220,7 +222,11 @@ class Uplink:
 
     def alive(self) -> bool:
         """All threads running (before start and after stop: False)."""
-        return bool(self._threads) and all(t.is_alive() for t in self._threads)
+        return bool(self.loops) and all(loop.alive() for loop in self.loops)
+
+    def restarts(self) -> dict[str, int]:
+        """Loop restarts after an unexpected error, by thread name."""
+        return {loop.name: loop.restarts for loop in self.loops}
 
     def recheck_model(self) -> None:
         """Forget the model check and any pause (new credentials or model): the probe runs again."""
@@ -229,35 +235,36 @@ class Uplink:
         self.health.reset()
 
     def start(self) -> None:
-        self._threads = [threading.Thread(target=self._probe_loop, name="uplink-probe", daemon=True)]
+        self.loops = [Loop("uplink-probe", self.probe_step, self._stop)]
         backlog_workers = max(1, self._max_in_flight - 1)
-        self._threads += [threading.Thread(target=self._worker, args=(i < backlog_workers,),
-                                           name=f"uplink-{i}", daemon=True)
-                          for i in range(self._max_in_flight)]
-        for t in self._threads:
-            t.start()
+        self.loops += [Loop(f"uplink-{i}", self._worker_step(i < backlog_workers), self._stop,
+                            on_beat=self._beat)
+                       for i in range(self._max_in_flight)]
+        for loop in self.loops:
+            loop.start()
 
     def join(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
-        for t in self._threads:
-            t.join(max(0.0, deadline - time.monotonic()))
+        for loop in self.loops:
+            loop.join(max(0.0, deadline - time.monotonic()))
+
+    def _beat(self, now: float) -> None:
+        self.last_progress = now
 
     # -- model probe --------------------------------------------------------------
-    def _probe_loop(self) -> None:
-        """Fetch model info at start (retrying transient errors); re-probe while uploads are paused."""
-        backoff = Backoff(1.0, self.probe_interval_s, jitter="equal")
-        while not self._stop.is_set():
-            if self.model_info is not None and not self.health.paused.is_set():
-                self._stop.wait(1.0)
-                continue
-            try:
-                self._check_model()
-                backoff.reset()
-                if self.health.paused.is_set():  # still paused (model not ready): not in a loop
-                    self._stop.wait(self.probe_interval_s)
-            except FocoosError as exc:
-                self._note_error(None, exc)
-                self._stop.wait(backoff.next_delay() if exc.retryable else self.probe_interval_s)
+    def probe_step(self) -> float:
+        """Fetch model info at start (retrying transient errors); re-probe while uploads are paused.
+        Returns the seconds until the next check."""
+        if self.model_info is not None and not self.health.paused.is_set():
+            return 1.0
+        try:
+            self._check_model()
+        except FocoosError as exc:
+            self._note_error(None, exc)
+            return self._probe_backoff.next_delay() if exc.retryable else self.probe_interval_s
+        self._probe_backoff.reset()
+        # Still paused (model not ready): check again later, not in a loop.
+        return self.probe_interval_s if self.health.paused.is_set() else 0.0
 
     def _check_model(self) -> None:
         info = self.client.model_info(self.model_ref)
@@ -272,14 +279,16 @@ class Uplink:
             self.health.set(MODEL_NOT_READY, f"status {info.status}")
 
     # -- workers ------------------------------------------------------------------
-    def _worker(self, may_drain_backlog: bool) -> None:
-        while not self._stop.is_set():
-            self.last_progress = time.monotonic()
+    def _worker_step(self, may_drain_backlog: bool) -> Callable[[], float]:
+        def step() -> float:
             try:
                 self._step(may_drain_backlog)
-            except SpoolError as exc:  # a full or failing disk must not end the worker
+            except SpoolError as exc:  # a full or failing disk: expected, logged without a traceback
                 log.error("uplink: spool: %s", exc)
-                self._stop.wait(1.0)
+                return 1.0
+            return 0.0
+
+        return step
 
     def _step(self, may_drain_backlog: bool) -> None:
         """One turn of a worker: a live frame if there is one, else (maybe) one from the backlog.

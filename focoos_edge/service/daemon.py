@@ -11,6 +11,7 @@ from collections import Counter
 from focoos_edge import __version__
 from focoos_edge.capture.encode import FrameJob, JpegEncoder
 from focoos_edge.capture.worker import CameraWorker, CaptureSettings
+from focoos_edge.common.loop import Loop
 from focoos_edge.config.models import Config, ConfigError, load_config
 from focoos_edge.delivery.messages import (
     Topics,
@@ -108,6 +109,8 @@ class Daemon:
         self.notifier = Notifier()
         self.final_summary = ""
         self._stalled_reported: list[str] = []
+        self._next_stats = 0.0
+        self.main_loop = Loop("main", self.tick, stop)
 
     @staticmethod
     def _make_client(config: Config) -> FocoosClient:
@@ -135,22 +138,32 @@ class Daemon:
         self.shutdown()
 
     def _loop(self) -> None:
+        """The main thread's supervised loop (see `tick`)."""
+        self._next_stats = time.monotonic() + self.config.stats_interval_s
+        self.main_loop.run()
+
+    def tick(self) -> float:
         """Stats every `stats_interval_s`, watchdog pings, reload requests; wakes every second."""
-        next_stats = time.monotonic() + self.config.stats_interval_s
+        if self.reload_requested.is_set():
+            self.reload_requested.clear()
+            self.reload()
+        if self.notifier.watchdog_interval_s:
+            self._feed_watchdog()
+        self.features.tick()
+        if time.monotonic() >= self._next_stats:
+            self._next_stats = time.monotonic() + self.config.stats_interval_s
+            self._expire()
+            self.publisher.publish(self.topics.stats, self.stats(), qos=0)
+            self.notifier.status(self.status_line())
         # Ping at a quarter of WatchdogSec: one late tick on a loaded box must not cost a restart.
-        tick_s = min(1.0, (self.notifier.watchdog_interval_s or 2.0) / 2)
-        while not self.stop.wait(tick_s):
-            if self.reload_requested.is_set():
-                self.reload_requested.clear()
-                self.reload()
-            if self.notifier.watchdog_interval_s:
-                self._feed_watchdog()
-            self.features.tick()
-            if time.monotonic() >= next_stats:
-                next_stats = time.monotonic() + self.config.stats_interval_s
-                self._expire()
-                self.publisher.publish(self.topics.stats, self.stats(), qos=0)
-                self.notifier.status(self.status_line())
+        return min(1.0, (self.notifier.watchdog_interval_s or 2.0) / 2)
+
+    def restarts(self) -> dict[str, int]:
+        """Loop restarts after an unexpected error, by thread name (only loops that restarted)."""
+        counts = {self.main_loop.name: self.main_loop.restarts, **self.uplink.restarts(),
+                  **self.publisher.restarts()}
+        counts.update({w.loop.name: w.loop.restarts for w in self.workers.values()})
+        return {name: n for name, n in counts.items() if n}
 
     def shutdown(self) -> None:
         """Fixed order: cameras (no new frames) -> uplink (in-flight requests finish) -> frames still
@@ -388,6 +401,7 @@ class Daemon:
                      "resent": pc.resent, "dropped": pc.dropped_queue_full},
             "spool": self.spool.stats(),
             "cameras": {cam: self._camera_stats(cam, acc) for cam, acc in self.accounting().items()},
+            **({"thread_restarts": restarts} if (restarts := self.restarts()) else {}),
         }
 
     def status_line(self) -> str:
