@@ -129,10 +129,15 @@ class CameraRoute:
 
 @dataclass(frozen=True)
 class Delivery:
-    """How a result's frame travelled: `replayed` when it waited in the spool (row `frame_row`)."""
+    """How a result's frame travelled: `replayed` when it waited in the spool (row `frame_row`).
+
+    The result handler sets `stored` once the detections message is committed to the outbox: from
+    then on the frame is accounted for there, so an error after it (counts, snapshot) must not
+    dead-letter it as well."""
 
     replayed: bool
     frame_row: int | None
+    stored: threading.Event = field(default_factory=threading.Event, compare=False)
 
 
 @dataclass
@@ -145,6 +150,7 @@ class UplinkCounters:
     spooled: int = 0  # live frames that went to the spool (uplink busy, unreachable or paused)
     dead_lettered: Counter = field(default_factory=Counter)
     errors: Counter = field(default_factory=Counter)
+    clamped: Counter = field(default_factory=Counter)  # what parsing fixed or dropped in replies (ceilings)
     last_hour: HourlyRate = field(default_factory=HourlyRate)  # uploads and their bytes
     round_trips_ms: deque = field(default_factory=lambda: deque(maxlen=256))
 
@@ -355,9 +361,35 @@ class Uplink:
             self._breaker.success()
             self.health.set(OK)
             counters.results += 1
-            delivery = Delivery(replayed=spooled is not None, frame_row=spooled.row_id if spooled else None)
+            self._note_clamped(job.camera, result.clamped)
+            return self._deliver(job, result, spooled)
+
+    def _deliver(self, job: FrameJob, result: InferenceResult, spooled: SpooledFrame | None) -> None:
+        """The result-processing boundary: whatever handling one result raises (encoding, topics,
+        drawing...), the frame is accounted for and this worker goes on with the next one."""
+        delivery = Delivery(replayed=spooled is not None, frame_row=spooled.row_id if spooled else None)
+        try:
             self._on_result(job, result, delivery)
-            return None
+        except Exception as exc:  # noqa: BLE001 - one bad result must not end the worker
+            why = f"{type(exc).__name__}: {str(exc)[:200]}"  # a hostile label could make it huge
+            if delivery.stored.is_set():  # the message is in the outbox: only an extra failed
+                self.counters[job.camera].errors["result_error"] += 1
+                log.error("camera %s: frame %s: handling its result failed after it was stored (%s)",
+                          job.camera, job.frame_id, why, exc_info=log.isEnabledFor(logging.DEBUG))
+                return
+            log.error("camera %s: frame %s: its result could not be handled (%s)", job.camera, job.frame_id,
+                      why, exc_info=log.isEnabledFor(logging.DEBUG))
+            self._dead_letter(job, spooled, "result_error")
+
+    def _note_clamped(self, camera: str, clamped: dict[str, int]) -> None:
+        if not clamped:
+            return
+        counters = self.counters[camera]
+        for reason, n in clamped.items():
+            if not counters.clamped[reason]:  # once per camera and reason: a bad server repeats itself
+                log.warning("camera %s: a reply exceeded a ceiling (%s, %d in this reply): fixed or dropped "
+                            "before publishing; counted in clamped_by_reason", camera, reason, n)
+            counters.clamped[reason] += n
 
     def _defer(self, job: FrameJob, spooled: SpooledFrame | None, attempted: bool) -> None:
         """Keep the frame for later: back into the spool (or stay there)."""

@@ -342,6 +342,7 @@ class Daemon:
         try:
             self.publisher.publish_durable(job.camera, self.topics.detections(job.camera), payload,
                                            done_frame=delivery.frame_row)
+            delivery.stored.set()  # accounted for in the outbox now (see Uplink._deliver)
             self.features.on_result(job, kept, replayed)
         except SpoolError as exc:
             log.error("camera %s: result of frame %s not stored: %s", job.camera, job.frame_id, exc)
@@ -382,7 +383,7 @@ class Daemon:
             "skipped_static": w.counters.skipped_static if w else 0,
             "skipped_budget": w.counters.skipped_budget if w else 0,
             "spooled": up.spooled, "errors": dict(up.errors), "evicted_by_reason": evicted,
-            "dead_lettered_by_reason": dict(up.dead_lettered),
+            "dead_lettered_by_reason": dict(up.dead_lettered), "clamped_by_reason": dict(up.clamped),
             "inference_ms": {"p50": percentile(up.round_trips_ms, 0.5),
                              "p95": percentile(up.round_trips_ms, 0.95)},
             **account,
