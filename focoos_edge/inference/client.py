@@ -25,10 +25,10 @@ from urllib.parse import quote, urlsplit
 
 import requests
 import urllib3.exceptions
-from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from focoos_edge import __version__
+from focoos_edge.inference.deadline import Deadline, DeadlineAdapter
 
 # Re-exported: callers import the errors, result types and parsers from here.
 from focoos_edge.inference.errors import (
@@ -127,18 +127,24 @@ class FocoosClient:
     def _request(self, method: str, path: str, **kwargs: Any) -> tuple[int, bytes, Mapping[str, str]]:
         """The one boundary where requests/urllib3 exceptions become typed errors."""
         started = time.monotonic()
+        # timeout_s bounds the whole exchange, connect to last byte (a trickled status line too).
+        deadline = Deadline(self._timeout_s)
         try:
-            # Redirects are refused: requests would resend X-API-Key to whatever host a 30x names.
-            resp = self._session.request(
-                method, f"{self._base}/{path}", allow_redirects=False, stream=True,
-                timeout=(self._connect_timeout_s, self._timeout_s), **kwargs,
-            )
-            try:
-                body = _read_body(resp, MAX_REPLY_BYTES, started + self._connect_timeout_s + self._timeout_s)
-            finally:
-                resp.close()  # returns a fully read connection to the pool, drops a partial one
+            with deadline:
+                # Redirects are refused: requests would resend X-API-Key to whatever host a 30x names.
+                resp = self._session.request(
+                    method, f"{self._base}/{path}", allow_redirects=False, stream=True,
+                    timeout=(self._connect_timeout_s, self._timeout_s), **kwargs,
+                )
+                try:
+                    body = _read_body(resp, MAX_REPLY_BYTES, started + self._timeout_s)
+                finally:
+                    resp.close()  # returns a fully read connection to the pool, drops a partial one
+                if deadline.expired:  # the cut can look like a reply that ended early: it is not one
+                    raise TimeoutError("request deadline passed")
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-            error = self._translate(exc)
+            error = TransientError(f"Focoos API timed out after {self._timeout_s} s", reason="timeout") \
+                if deadline.expired else self._translate(exc)
             log.debug("%s %s failed after %.3f s: %s", method, path, time.monotonic() - started, error)
             raise error from None  # the chained exception would only add noise (and the URL)
         log.debug("%s %s -> %d (%d bytes) in %.3f s", method, path, resp.status_code, len(body),
@@ -215,8 +221,8 @@ def _no_auth(request: requests.PreparedRequest) -> requests.PreparedRequest:
 def _make_session(api_key: str, user_agent: str, pool_size: int) -> requests.Session:
     session = requests.Session()
     # total=0: urllib3 must not retry behind the uplink's back (it would double-count metered inferences).
-    adapter = HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size,
-                          max_retries=Retry(total=0, read=False, redirect=False))
+    adapter = DeadlineAdapter(pool_connections=pool_size, pool_maxsize=pool_size,
+                              max_retries=Retry(total=0, read=False, redirect=False))
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.headers.update({"X-API-Key": api_key, "User-Agent": user_agent, "Accept": "application/json"})

@@ -193,7 +193,8 @@ class Uplink:
     def __init__(self, client: FocoosClient, model_ref: str, routes: dict[str, CameraRoute],
                  queue: LiveQueue, spool: Spool, on_result: Callable[[FrameJob, InferenceResult, Delivery], None],
                  health: InferenceHealth, stop: threading.Event, default_route: CameraRoute,
-                 max_in_flight: int = 4, max_attempts: int = 3, probe_interval_s: float = 60.0):
+                 max_in_flight: int = 4, max_attempts: int = 3, probe_interval_s: float = 60.0,
+                 retry_after_max_s: float = 300.0):
         self.client = client
         self.default_route = default_route
         self.model_ref = model_ref
@@ -210,6 +211,7 @@ class Uplink:
         self._max_in_flight = max_in_flight
         self._max_attempts = max_attempts
         self.probe_interval_s = probe_interval_s
+        self.retry_after_max_s = retry_after_max_s
         self._breaker = CircuitBreaker()
         self._empty_generation = -1  # spool.frames_generation when take_frame() last found nothing
         self.loops: list[Loop] = []
@@ -353,7 +355,7 @@ class Uplink:
                     # fail for ever: dead-letter the frame instead of looping.
                     return self._dead_letter(job, spooled, exc.reason)
                 if not malformed:
-                    self._breaker.failure(exc.retry_after_s if isinstance(exc, RateLimitedError) else None)
+                    self._breaker.failure(self._retry_after(exc))
                 if spooled or attempts >= self._max_attempts:
                     return self._defer(job, spooled, attempted=True)
                 self._stop.wait(backoff.next_delay())
@@ -363,6 +365,15 @@ class Uplink:
             counters.results += 1
             self._note_clamped(job.camera, result.clamped)
             return self._deliver(job, result, spooled)
+
+    def _retry_after(self, exc: FocoosError) -> float | None:
+        """A 429's Retry-After, at most `retry_after_max_s` (a server must not stop uploads for days)."""
+        wait = exc.retry_after_s if isinstance(exc, RateLimitedError) else None
+        if wait is not None and wait > self.retry_after_max_s:
+            log.warning("inference: Retry-After of %.0f s capped at %.0f s (inference.retry_after_max_s)",
+                        wait, self.retry_after_max_s)
+            return self.retry_after_max_s
+        return wait
 
     def _deliver(self, job: FrameJob, result: InferenceResult, spooled: SpooledFrame | None) -> None:
         """The result-processing boundary: whatever handling one result raises (encoding, topics,

@@ -100,7 +100,7 @@ class Daemon:
         self.uplink = Uplink(self._make_client(config), inf.model_ref, self._routes(config), self.queue,
                              self.spool, self._on_result, self.health, stop,
                              default_route=CameraRoute(threshold=inf.threshold), max_in_flight=inf.max_in_flight,
-                             probe_interval_s=inf.recheck_interval_s)
+                             probe_interval_s=inf.recheck_interval_s, retry_after_max_s=inf.retry_after_max_s)
         self.workers: dict[str, CameraWorker] = {}
         self.metrics: MetricsServer | None = None
         self.reloads = 0
@@ -264,6 +264,7 @@ class Daemon:
         self.uplink.model_ref = new.inference.model_ref
         self.uplink.default_route = CameraRoute(threshold=new.inference.threshold)
         self.uplink.probe_interval_s = new.inference.recheck_interval_s
+        self.uplink.retry_after_max_s = new.inference.retry_after_max_s
         self.uplink.recheck_model()
         old_client.close()
 
