@@ -108,6 +108,7 @@ class FocoosClient:
         status, body, headers = self._request("GET", f"models/{_quote_ref(model_ref)}")
         if status != 200:
             raise self._status_error(status, body, headers, model_ref)
+        _check_json_reply(headers, body)
         return parse_model_info(body, model_ref)
 
     def infer(self, model_ref: str, jpeg: bytes, threshold: float) -> InferenceResult:
@@ -122,6 +123,7 @@ class FocoosClient:
         round_trip_s = time.monotonic() - started
         if status != 200:
             raise self._status_error(status, body, headers, model_ref)
+        _check_json_reply(headers, body)
         return parse_inference(body, round_trip_s)
 
     def _request(self, method: str, path: str, **kwargs: Any) -> tuple[int, bytes, Mapping[str, str]]:
@@ -178,9 +180,13 @@ class FocoosClient:
         if status >= 500:
             return TransientError(f"Focoos API server error (HTTP {status}){tail}", status=status,
                                   reason="server_error")
-        if 300 <= status < 400:
-            return PermanentError(f"Focoos API answered with a redirect (HTTP {status}); "
-                                  "set inference.api_url to the final address", status=status)
+        if 300 <= status < 400 or not (detail and _is_json(headers, body)):
+            # A redirect or a reply that is not a Focoos error (an HTML page): something on the path
+            # (captive portal, proxy) answered, not the API. Network trouble: the frame is kept.
+            what = "a redirect" if 300 <= status < 400 else "a reply that is not a Focoos error"
+            return TransientError(f"Focoos API address answered with {what} (HTTP {status}), not followed: a "
+                                  "captive portal or proxy in the way? (if the API moved, set inference.api_url)",
+                                  status=status, reason="unreachable")
         return PermanentError(f"Focoos API rejected the request (HTTP {status}){tail}", status=status)
 
 
@@ -202,6 +208,18 @@ _NETWORK_FAILURES: tuple[tuple[tuple[type[BaseException], ...], str, str], ...] 
     ((requests.ReadTimeout, urllib3.exceptions.ReadTimeoutError, TimeoutError),
      "Focoos API timed out after {read_s} s", "timeout"),
 )
+
+
+def _is_json(headers: Mapping[str, str], body: bytes) -> bool:
+    """Does the reply claim or look like JSON? (A truncated JSON body still does: that is malformed.)"""
+    return "json" in (headers.get("Content-Type") or "").lower() or body.lstrip()[:1] in (b"{", b"[")
+
+
+def _check_json_reply(headers: Mapping[str, str], body: bytes) -> None:
+    """A 200 that is not JSON at all (a captive portal's HTML login page) is network trouble."""
+    if not _is_json(headers, body):
+        raise TransientError("Focoos API address answered HTTP 200 with a reply that is not JSON: a captive "
+                             "portal or proxy in the way?", status=200, reason="unreachable")
 
 
 def _check_api_key(api_key: str) -> str:
