@@ -31,6 +31,24 @@ ONLINE = b"online"
 OFFLINE = b"offline"
 
 
+class _ExpectedPahoNoise(logging.Filter):
+    """paho logs "Client is not connected" as an ERROR on every clean stop and every reconnect
+    attempt: expected, and the publisher logs link changes itself. Kept at DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and str(record.msg).startswith("Client is not connected"):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+def _paho_logger() -> logging.Logger:
+    logger = logging.getLogger("focoos_edge.paho")
+    if not any(isinstance(f, _ExpectedPahoNoise) for f in logger.filters):
+        logger.addFilter(_ExpectedPahoNoise())
+    return logger
+
+
 @dataclass(frozen=True)
 class MqttSettings:
     """Connection settings (built from the `mqtt:` config section)."""
@@ -113,7 +131,7 @@ class Publisher:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
-        client.enable_logger(logging.getLogger("focoos_edge.paho"))
+        client.enable_logger(_paho_logger())
         return client
 
     # -- lifecycle --------------------------------------------------------------

@@ -28,6 +28,7 @@ from focoos_edge.inference.client import FocoosClient, InferenceResult, scale_de
 from focoos_edge.inference.uplink import CameraRoute, Delivery, InferenceHealth, LiveQueue, Uplink
 from focoos_edge.service.logs import set_level
 from focoos_edge.service.metrics import MetricsServer
+from focoos_edge.service.statedir import StateDirLock
 from focoos_edge.service.stats import CpuMeter, accounting, percentile, rss_bytes
 from focoos_edge.service.systemd import Notifier
 from focoos_edge.subscribers.features import SubscriberFeatures
@@ -81,6 +82,7 @@ class Daemon:
         self.topics = Topics(config.mqtt.topic_prefix, config.device_id)
         self.started_mono = time.monotonic()
         sp = config.spool
+        self.state_lock = StateDirLock(config.state_dir)  # before the spool: one daemon per state_dir
         try:
             self.spool = Spool(config.state_dir / "spool.db", int(sp.max_bytes), sp.max_age_s,
                                int(sp.outbox_max_bytes) if sp.outbox_max_bytes else None)
@@ -183,6 +185,7 @@ class Daemon:
         self.final_summary = self.summary()
         log.info("stopped: %s", self.final_summary)
         self.spool.close()
+        self.state_lock.release()
 
     def _start_camera(self, cam) -> None:
         worker = CameraWorker(capture_settings(cam), self._on_job, self._on_camera_state, threading.Event())
