@@ -12,6 +12,7 @@ is sent again, so a broker outage loses nothing and duplicates stay within the i
 from __future__ import annotations
 
 import logging
+import random
 import ssl
 import threading
 import time
@@ -28,6 +29,7 @@ from focoos_edge.delivery.spool import Spool, SpoolError
 log = logging.getLogger(__name__)
 
 ONLINE = b"online"
+RECONNECT_MAX_S = 2.0  # plus up to 1 s of jitter
 OFFLINE = b"offline"
 
 
@@ -101,6 +103,7 @@ class Publisher:
         self.connected = threading.Event()
         self.last_error: str | None = None
         self._stopping = False
+        self._down_since: float | None = None  # monotonic time the link dropped, while it is down
         self._retained: dict[str, bytes] = {}
         self._subscriptions: dict[str, Callable[[str, bytes], None]] = {}
         self._lock = threading.Lock()
@@ -123,7 +126,10 @@ class Publisher:
             client.username_pw_set(s.username, s.password)
         if s.tls:
             client.tls_set_context(tls_context(s))
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        # A LAN broker restart (an upgrade, a reboot) is routine: retry every 2-3 s at most instead of
+        # paho's doubling up to 30 s, with a per-process jitter so a fleet does not reconnect in step.
+        jitter = random.uniform(0.0, 1.0)
+        client.reconnect_delay_set(min_delay=0.5 + jitter / 2, max_delay=RECONNECT_MAX_S + jitter)  # type: ignore[arg-type]
         client.max_queued_messages_set(s.max_queued)
         client.max_inflight_messages_set(20)
         client.on_connect = self._on_connect
@@ -219,7 +225,12 @@ class Publisher:
         self.counters.connects += 1
         self.last_error = None
         self.connected.set()
-        log.info("MQTT: connected to %s:%d", self.settings.host, self.settings.port)
+        down_since, self._down_since = self._down_since, None
+        if down_since is None:
+            log.info("MQTT: connected to %s:%d", self.settings.host, self.settings.port)
+        else:
+            log.warning("MQTT: connected to %s:%d again after an outage of %.1f s", self.settings.host,
+                        self.settings.port, time.monotonic() - down_since)
         client.publish(self.topics.availability, ONLINE, qos=1, retain=True)
         with self._lock:
             retained = list(self._retained.items())
@@ -228,6 +239,7 @@ class Publisher:
             client.publish(topic, body, qos=1, retain=True)
         for topic in subscriptions:
             client.subscribe(topic, qos=1)
+        self._wake.set()  # the outbox pump resends at once, not at its next half-second tick
 
     def _on_connect_fail(self, client, userdata) -> None:
         self.counters.connect_failures += 1
@@ -239,6 +251,7 @@ class Publisher:
         self._epoch += 1
         self._wake.set()
         if was_connected and not self._stopping:
+            self._down_since = time.monotonic()
             log.warning("MQTT: disconnected (%s); reconnecting", reason_code)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
@@ -296,9 +309,10 @@ class Publisher:
         return bool(self._in_flight)
 
     def _note_error(self, message: str) -> None:
-        # Log a failure once per distinct reason, not on every retry.
+        # Log a failure once per distinct reason, not on every retry; during an outage already
+        # reported by the disconnect line, at debug only (one line when it drops, one when it returns).
         if message != self.last_error:
-            log.warning("MQTT: %s; retrying", message)
+            log.log(logging.DEBUG if self._down_since is not None else logging.WARNING, "MQTT: %s; retrying", message)
         self.last_error = message
 
 

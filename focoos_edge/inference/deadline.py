@@ -76,7 +76,7 @@ class _TimedHTTPConnection(HTTPConnection):
         super().connect()
         _check(self)
 
-    def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def request(self, *args: Any, **kwargs: Any) -> None:
         _note(self)  # before connecting: a fired timer then finds the socket as soon as it exists
         super().request(*args, **kwargs)
 
@@ -86,7 +86,7 @@ class _TimedHTTPSConnection(HTTPSConnection):
         super().connect()
         _check(self)
 
-    def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def request(self, *args: Any, **kwargs: Any) -> None:
         _note(self)
         super().request(*args, **kwargs)
 

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 OK = "ok"
 STARTING = "starting"
 MODEL_NOT_READY = "model_not_ready"
+BREAKER_MAX_S = 4.0
 
 
 class LiveQueue:
@@ -81,8 +82,10 @@ class CircuitBreaker:
     def __init__(self, threshold: int = 3, backoff: Backoff | None = None,
                  clock: Callable[[], float] = time.monotonic):
         self.threshold = threshold
-        # Capped at 30 s: after a long outage the first probe comes soon, before the spool fills.
-        self._backoff = backoff or Backoff(1.0, 30.0, jitter="full")
+        # Capped at 4 s with equal jitter (2-4 s between probes once open): inference resumes within
+        # a few seconds of the API coming back, a dead host sees one small request every 2-4 s, and
+        # a fleet's probes do not arrive in step.
+        self._backoff = backoff or Backoff(1.0, BREAKER_MAX_S, jitter="equal")
         self._clock = clock
         self._failures = 0
         self._open_until = 0.0
@@ -164,6 +167,7 @@ class InferenceHealth:
         self.paused = threading.Event()  # set on auth / unknown-model errors
         self._on_change = on_change
         self._lock = threading.Lock()
+        self._down_since: float | None = None  # monotonic time it left `ok`, while not ok
 
     def reset(self) -> None:
         """Back to `starting`, uploads no longer paused."""
@@ -178,7 +182,12 @@ class InferenceHealth:
         with self._lock:
             if state == self.state:
                 return
-            self.state, self.detail = state, detail
+            was_ok, self.state, self.detail = self.state == OK, state, detail
+            down_since = self._down_since
+            self._down_since = time.monotonic() if was_ok else (None if state == OK else down_since)
+        if state == OK and down_since is not None:
+            log.warning("inference: the API answers again after an outage of %.1f s",
+                        time.monotonic() - down_since)
         self._on_change(state, detail)
 
 
