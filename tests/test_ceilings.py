@@ -11,7 +11,7 @@ import pytest
 import yaml
 from daemon_infra import TOPIC, daemon_config, stop_daemon
 from procs import wait_until
-from test_fault_matrix import long_clip, rig  # noqa: F401 - fixtures used by name
+from test_fault_matrix import long_clip, rig, wait_stats  # noqa: F401 - fixtures used by name
 from test_units import make_job
 
 from focoos_edge.delivery.spool import Spool
@@ -80,3 +80,16 @@ def test_sighup_with_an_infinite_timeout_keeps_the_old_config(rig, long_clip):  
                        watch=[daemon])  # still running, still inferring
     stop_daemon(daemon, rig.sub)
 
+
+
+def test_sigterm_with_trickled_replies_in_flight_loses_nothing(rig, long_clip):  # noqa: F811 - fixtures
+    """Replies trickled a header byte at a time: SIGTERM ends the requests by their deadline and the
+    in-flight frames go to the spool (they used to vanish from the accounting)."""
+    daemon = rig.start(long_clip, inference={"timeout_s": 2})
+    wait_stats(rig, lambda s: s["cameras"]["cam"]["delivered"] >= 2, 60, "results flowing", daemon)
+    rig.api.inference("trickle", httpfault.trickle(b"HTTP/1.1 200 OK\r\nX-Slow: ", b"y", 0.1))
+    wait_stats(rig, lambda s: s["inference"]["in_flight"] >= 1, 30, "a trickled request in flight", daemon)
+    final = stop_daemon(daemon, rig.sub)  # exit 0 within 30 s, accounting identity exact
+    c = final["cameras"]["cam"]
+    assert c["pending"] >= 1 and final["spool"]["frames"]["count"] == c["pending"] - final["spool"]["outbox"]["count"]
+    assert c["dead_lettered"] == 0 and c["errors"].get("timeout", 0) >= 1, c
