@@ -138,3 +138,19 @@ def test_a_result_that_raises_is_dead_lettered_and_the_workers_go_on(tmp_path):
             uplink.join(5)
             client.close()
             spool.close()
+
+
+def test_parse_clamps_what_the_schema_forbids():
+    from focoos_edge.inference.parse import MAX_DETECTIONS, parse_inference
+
+    body = json.dumps({"detections": [
+        det(label="a\ud800b", conf=7.5, bbox=[300, 200, 10, 20], cls_id=-4),
+        det(label="y" * 500, conf=-0.5, cls_id=10 ** 300),
+    ] + [det()] * (MAX_DETECTIONS + 5)}).encode()
+    result = parse_inference(body, 0.1)
+    first, second = result.detections[:2]
+    assert (first.label, first.conf, first.bbox, first.cls_id) == ("a?b", 1.0, (10.0, 20.0, 300.0, 200.0), None)
+    assert (len(second.label), second.conf, second.cls_id) == (100, 0.0, None)
+    assert len(result.detections) == MAX_DETECTIONS
+    assert result.clamped == {"label_not_unicode": 1, "conf_out_of_range": 2, "inverted_box": 1,
+                              "cls_id_out_of_range": 2, "label_too_long": 1, "too_many_detections": 7}
