@@ -78,7 +78,8 @@ def test_hostile_replies_keep_the_daemon_up_and_payloads_valid(rig, long_clip): 
 
     c = cam(final)
     assert set(c["clamped_by_reason"]) >= {"label_not_unicode", "label_too_long", "conf_out_of_range",
-                                           "too_many_detections", "inverted_box", "cls_id_out_of_range"}, c
+                                           "too_many_detections", "inverted_box", "cls_id_out_of_range",
+                                           "count_label_cap"}, c
     assert c["dead_lettered"] == 0, c  # every hostile reply was made publishable, none lost
     assert "thread_restarts" not in final and "thread_restarts" not in stats
     assert peak_rss < RSS_BOUND, peak_rss

@@ -387,7 +387,9 @@ class Daemon:
             "skipped_static": w.counters.skipped_static if w else 0,
             "skipped_budget": w.counters.skipped_budget if w else 0,
             "spooled": up.spooled, "errors": dict(up.errors), "evicted_by_reason": evicted,
-            "dead_lettered_by_reason": dict(up.dead_lettered), "clamped_by_reason": dict(up.clamped),
+            "dead_lettered_by_reason": dict(up.dead_lettered),
+            "clamped_by_reason": {**up.clamped, **({"count_label_cap": n} if (n := self.features.labels_dropped(camera))
+                                                   else {})},
             "inference_ms": {"p50": percentile(up.round_trips_ms, 0.5),
                              "p95": percentile(up.round_trips_ms, 0.95)},
             **account,
