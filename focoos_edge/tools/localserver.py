@@ -30,8 +30,10 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import cv2
 import numpy as np
 
-# Re-exported: tests and the demo import the marker helpers from here.
 from focoos_edge.tools.aruco import CLASSES, NUM_MARKER_IDS, detect_markers, draw_markers, new_detector  # noqa: F401 - some names re-exported
+
+# Re-exported: tests and the demo import the marker helpers from here.
+from focoos_edge.tools.imageheader import image_pixels
 
 log = logging.getLogger(__name__)
 
@@ -274,22 +276,6 @@ class LocalServer:
         return 200, {"detections": detections, "latency": {
             "imload": round(decoded - started, 6), "preprocess": round(preprocessed - decoded, 6),
             "inference": round(inferred - preprocessed, 6), "postprocess": round(done - inferred, 6)}}
-
-
-def image_pixels(data: bytes) -> int | None:
-    """Width x height declared by a JPEG's frame header or a PNG's IHDR, read before decoding;
-    None when it is neither or the header is cut short."""
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
-        return int.from_bytes(data[16:20], "big") * int.from_bytes(data[20:24], "big")
-    if data[:2] != b"\xff\xd8":
-        return None
-    i = 2
-    while i + 9 <= len(data) and data[i] == 0xFF:
-        marker, size = data[i + 1], int.from_bytes(data[i + 2:i + 4], "big")
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn: the frame header
-            return int.from_bytes(data[i + 5:i + 7], "big") * int.from_bytes(data[i + 7:i + 9], "big")
-        i += 2 + size
-    return None
 
 
 def _decode_image(data: bytes) -> np.ndarray | None:
