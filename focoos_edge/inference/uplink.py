@@ -174,6 +174,7 @@ class Uplink:
         self._max_attempts = max_attempts
         self.probe_interval_s = probe_interval_s
         self.retry_after_max_s = retry_after_max_s
+        self._cap_noted = False  # the Retry-After cap was logged in this rate-limited spell
         self._breaker = CircuitBreaker()
         self._empty_generation = -1  # spool.frames_generation when take_frame() last found nothing
         self.loops: list[Loop] = []
@@ -324,6 +325,7 @@ class Uplink:
                 continue
             self._breaker.success()
             self.health.set(OK)
+            self._cap_noted = False
             counters.results += 1
             self._note_clamped(job.camera, result.clamped)
             return self._deliver(job, result, spooled)
@@ -332,8 +334,11 @@ class Uplink:
         """A 429's Retry-After, at most `retry_after_max_s` (a server must not stop uploads for days)."""
         wait = exc.retry_after_s if isinstance(exc, RateLimitedError) else None
         if wait is not None and wait > self.retry_after_max_s:
-            log.warning("inference: Retry-After of %.0f s capped at %.0f s (inference.retry_after_max_s)",
-                        wait, self.retry_after_max_s)
+            # Once per rate-limited spell: a server repeating it on every probe must not flood the log.
+            log.log(logging.DEBUG if self._cap_noted else logging.WARNING,
+                    "inference: Retry-After of %.0f s capped at %.0f s (inference.retry_after_max_s)",
+                    wait, self.retry_after_max_s)
+            self._cap_noted = True
             return self.retry_after_max_s
         return wait
 
