@@ -75,3 +75,33 @@ def test_handler_threads_are_capped(server):
     # Slots come back as the handler threads end: the server serves again.
     wait_until(lambda: requests.get(f"{server.url}/models/local-aruco", headers={"X-API-Key": KEY},
                                     timeout=10).status_code == 200, 20)
+
+
+def test_a_trickled_request_line_is_cut_by_the_deadline(monkeypatch):
+    """Each recv gets a byte, so the idle timeout never fires: only the per-request deadline ends it."""
+    import time
+
+    from focoos_edge.tools import localserver
+
+    monkeypatch.setattr(localserver, "REQUEST_DEADLINE_S", 1.0)
+    server = localserver.LocalServer(port=0, api_key=KEY)
+    server.start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            started = time.monotonic()
+            closed = False
+            while time.monotonic() - started < 15 and not closed:
+                try:
+                    sock.sendall(b"G")
+                    sock.settimeout(0.2)
+                    closed = sock.recv(100) == b""
+                except TimeoutError:
+                    pass
+                except OSError:
+                    closed = True
+            elapsed = time.monotonic() - started
+        assert closed and elapsed < 10, elapsed
+        # A normal request is still served.
+        assert requests.get(f"{server.url}/models/local-aruco", headers={"X-API-Key": KEY}, timeout=10).ok
+    finally:
+        server.stop()

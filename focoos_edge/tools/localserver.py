@@ -44,7 +44,7 @@ MAX_BODY_BYTES = 8 * 1024 * 1024
 # Memory ceilings: a decoded image costs 3 bytes a pixel, and every handler thread may hold a body.
 MAX_PIXELS = 16_000_000  # 4K is 8.3 MP
 MAX_CONNECTIONS = 32  # handler threads at once; more connections are refused with a 503
-REQUEST_DEADLINE_S = 30.0  # the whole body must arrive within this (a trickle cannot hold a thread)
+REQUEST_DEADLINE_S = 30.0  # a request, first byte to reply, and its body: a trickle cannot hold a thread
 API_KEY_ENV = "FOCOOS_LOCAL_API_KEY"
 MODEL_IM_SIZE = 640
 MODEL_DESCRIPTION = "ArUco DICT_4X4_50 marker detector (OpenCV, CPU)"
@@ -341,6 +341,28 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (stdlib signature)
         # The request line holds no secret (keys travel in headers, which are never logged).
         log.debug("%s " + format, self.address_string(), *args)
+
+    def handle_one_request(self) -> None:
+        """One request within REQUEST_DEADLINE_S from its first byte: a client trickling its request
+        line or headers is cut off (idle keep-alive waits before the first byte do not count)."""
+        try:
+            first = self.rfile.peek(1)  # type: ignore[attr-defined]  # buffered: waits for a byte or EOF
+        except OSError:  # the idle timeout (TimeoutError) or a reset
+            first = b""
+        if not first:
+            self.close_connection = True
+            return
+        timer = threading.Timer(REQUEST_DEADLINE_S, self._cut)
+        timer.daemon = True
+        timer.start()
+        try:
+            super().handle_one_request()
+        finally:
+            timer.cancel()
+
+    def _cut(self) -> None:
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)  # ends the handler's blocked read
 
     def do_GET(self) -> None:  # noqa: N802 (stdlib naming)
         self._dispatch("GET")
