@@ -155,3 +155,30 @@ def test_parse_clamps_what_the_schema_forbids():
     assert len(result.detections) == MAX_DETECTIONS
     assert result.clamped == {"label_not_unicode": 1, "conf_out_of_range": 2, "inverted_box": 1,
                               "cls_id_out_of_range": 2, "label_too_long": 1, "too_many_detections": 7}
+
+
+def test_an_unexpected_error_in_a_worker_is_accounted_and_the_loop_restarts(tmp_path):
+    """The client refuses an empty JPEG with a ValueError (no HTTP involved): a programming error as
+    far as the uplink knows. The frame is dead-lettered, the loop logs and restarts, later frames flow."""
+    spool = Spool(tmp_path / "spool.db", max_bytes=16 * MIB, max_age_s=3600)
+    stop = threading.Event()
+    route = CameraRoute(threshold=0.5)
+    handled: list[str] = []
+    with httpfault.FaultServer() as server:
+        server.default = reply(det())
+        client = FocoosClient(server.url, "k-0123", timeout_s=5)
+        uplink = Uplink(client, "m", {"cam": route}, LiveQueue(per_camera=8), spool,
+                        lambda job, result, delivery: handled.append(job.frame_id),
+                        InferenceHealth(lambda s, d: None), stop, default_route=route, max_in_flight=1)
+        uplink.start()
+        try:
+            uplink.queue.put(make_job(n=1, jpeg=b""))
+            uplink.queue.put(make_job(n=2))
+            wait_until(lambda: len(handled) == 1, 30, message=lambda: f"handled {handled}")
+            assert uplink.counters["cam"].dead_lettered == {"worker_error": 1}
+            assert uplink.restarts()["uplink-0"] == 1 and uplink.alive()
+        finally:
+            stop.set()
+            uplink.join(5)
+            client.close()
+            spool.close()

@@ -287,6 +287,12 @@ class Uplink:
             self.in_flight[job.camera] += 1
         try:
             self.process(job, spooled)
+        except SpoolError:
+            raise  # the frame is still in the spool (or counted as spool_error): the step logs it
+        except Exception:
+            # A bug, not a bad reply: account for the frame, then let the loop log it and restart.
+            self._dead_letter(job, spooled, "worker_error")
+            raise
         finally:
             with self._lock:
                 self.in_flight[job.camera] -= 1
