@@ -169,7 +169,8 @@ class HostileReport:
                 f"({len(self.served)} kinds), peak RSS {self.peak_rss / 2**20:.0f} MiB, "
                 f"{self.payloads_checked} payloads valid, produced {cam.get('produced')} = delivered "
                 f"{cam.get('delivered')} + pending {cam.get('pending')} + evicted {cam.get('evicted')} + "
-                f"dead-lettered {cam.get('dead_lettered')} {cam.get('dead_lettered_by_reason')}")
+                f"dead-lettered {cam.get('dead_lettered')} {cam.get('dead_lettered_by_reason')}, "
+                f"thread restarts {(self.final or {}).get('thread_restarts', {})}")
 
 
 def hostile_soak(rig, minutes: float, work_dir: Path, spawn, rng: random.Random,
