@@ -69,6 +69,7 @@ def cmd_run(args) -> int:
     from focoos_edge.delivery.spool import SpoolError
     from focoos_edge.service.daemon import Daemon
     from focoos_edge.service.logs import setup_logging
+    from focoos_edge.service.statedir import StateDirError
 
     redactor = setup_logging(args.log_level or config.log_level, config.secrets())
     log_thread_crashes()
@@ -81,11 +82,14 @@ def cmd_run(args) -> int:
 
     try:
         daemon = Daemon(config, stop, config_path=args.config, reload=reload, on_secrets=add_secrets)
-    except SpoolError as exc:
+    except (SpoolError, StateDirError) as exc:
         log.critical("%s", exc)
         return EX_FATAL
     except ssl.SSLError as exc:
         log.critical("mqtt.tls: cannot load the certificates: %s", exc)
+        return EX_FATAL
+    except OSError as exc:  # the state_dir lock file (read-only filesystem, permissions)
+        log.critical("state_dir %s: %s", config.state_dir, exc)
         return EX_FATAL
     try:
         daemon.run()

@@ -5,6 +5,10 @@ Run from the repository root with the project's venv:
 
     .venv/bin/python scripts/fault_stress.py --kills 50             # daemon crash loop
     .venv/bin/python scripts/fault_stress.py --kills 0 --broker-kills 20   # broker kill loop
+    .venv/bin/python scripts/fault_stress.py --kills 0 --broker-restarts 20 --api-restarts 20  # resume times
+    .venv/bin/python scripts/fault_stress.py --kills 0 --hostile-minutes 3   # hostile-reply soak
+
+Resume times and the hostile soak are in scripts/fault_resume.py (see its docstring).
 
 Each loop ends with one line "N faults, M items, L lost" (plus duplicates) and the exit status is 1
 if anything was lost. Everything is real and on 127.0.0.1: the daemon (`python -m focoos_edge run`),
@@ -425,7 +429,32 @@ def _run(args: argparse.Namespace, work: Path, registry: ProcessRegistry) -> int
         print(f"broker kill -9: {broker.line()} (delivered {broker.delivered}, pending {broker.pending}, "
               f"duplicates {broker.duplicates}, {time.monotonic() - started:.0f} s in all)", flush=True)
         lost += broker.lost
+    _run_resume(args, work, registry, clip, rng)
     return 1 if lost else 0
+
+
+def _run_resume(args: argparse.Namespace, work: Path, registry: ProcessRegistry, clip: Path,
+                rng: random.Random) -> None:
+    import fault_resume  # scripts/ is on sys.path when this file runs as a script
+
+    if args.broker_restarts:
+        rig = build_rig(registry, work / "broker-restarts", clip, persistent=True, sample_fps=args.sample_fps)
+        print(fault_resume.broker_restarts(rig, args.broker_restarts, args.down_s, rng, note=_say).line(), flush=True)
+    if args.api_restarts:
+        rig = build_rig(registry, work / "api-restarts", clip, persistent=False, sample_fps=args.sample_fps)
+        print(fault_resume.api_restarts(rig, args.api_restarts, args.down_s, rng, note=_say).line(), flush=True)
+    if args.hostile_minutes:
+        rig = build_rig(registry, work / "hostile", clip, persistent=False, sample_fps=args.sample_fps)
+
+        def spawn(cmd: list[str], *, name: str) -> ChildProcess:
+            proc = ChildProcess(cmd, name=name, log_dir=work / "hostile" / "logs")
+            registry.add(proc, proc.terminate)
+            return proc
+
+        (work / "hostile" / "daemon").mkdir(parents=True, exist_ok=True)
+        report = fault_resume.hostile_soak(rig, args.hostile_minutes, work / "hostile" / "daemon", spawn, rng,
+                                           note=_say)
+        print(report.line(), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -434,6 +463,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drain-every", type=int, default=5,
                         help="every Nth daemon kill happens while the backlog drains (0 = never)")
     parser.add_argument("--broker-kills", type=int, default=0, help="broker SIGKILLs (0 = skip the broker loop)")
+    parser.add_argument("--broker-restarts", type=int, default=0,
+                        help="broker stops (SIGTERM / kill -9) with the daemon running: resume times")
+    parser.add_argument("--api-restarts", type=int, default=0, help="inference outages: resume times")
+    parser.add_argument("--down-s", type=float, default=10.0, help="outage length for the restart loops")
+    parser.add_argument("--hostile-minutes", type=float, default=0,
+                        help="minutes of hostile replies mixed at random (0 = skip)")
     parser.add_argument("--sample-fps", type=float, default=4.0)
     parser.add_argument("--seed", type=int, default=None, help="random seed of the fault timings")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, snapshots)")

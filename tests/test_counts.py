@@ -86,3 +86,14 @@ def test_the_retained_topics_always_hold_the_current_counts(messages):
         now = Counter(label for label in labels if label)
         seen |= set(now)
         assert retained == {topic(label): now.get(label, 0) for label in seen}
+
+
+def test_distinct_labels_are_capped_but_configured_and_known_ones_still_count():
+    tracker = CountTracker("focoos/box1", "cam", labels=["person"], max_labels=3)
+    first = tracker.update(["person", "a", "b", "c", "d"])
+    assert {topic.rsplit("/", 1)[1] for topic, _ in first} == {"person", "a", "b"}
+    assert tracker.labels_dropped == 2
+    # Known labels keep counting (and going back to 0); new ones still find no room.
+    again = dict(tracker.update(["a", "a", "e"]))
+    assert again == {"focoos/box1/cam/person": 0, "focoos/box1/cam/a": 2, "focoos/box1/cam/b": 0}
+    assert tracker.labels_dropped == 3 and len(tracker.counts()) == 3

@@ -310,6 +310,11 @@ TRANSIENT_FAULTS = [
     pytest.param(httpfault.json(503, {"detail": "overloaded"}), "server_error", {}, id="http-503"),
     pytest.param(httpfault.reset(), "unreachable", {}, id="connection-reset"),
     pytest.param(httpfault.hang(5), "timeout", {"timeout_s": 1}, id="hang-past-timeout"),
+    # Network trouble, not bad frames (issue 12): a redirect and a captive portal's login page.
+    pytest.param(httpfault.raw(302, b"", headers={"Location": "http://127.0.0.1:9/login"}), "unreachable", {},
+                 id="redirect-302"),
+    pytest.param(httpfault.raw(200, b"<html><body>Sign in to the guest Wi-Fi</body></html>", "text/html"),
+                 "unreachable", {}, id="captive-portal-html-200"),
 ]
 
 

@@ -40,9 +40,10 @@ from focoos_edge.delivery.messages import (
     keeps,
 )
 from focoos_edge.delivery.spool import Spool
+from focoos_edge.inference.breaker import CircuitBreaker
 from focoos_edge.inference.client import FocoosClient
 from focoos_edge.inference.parse import InferenceResult
-from focoos_edge.inference.uplink import CameraRoute, CircuitBreaker, Delivery, InferenceHealth, LiveQueue, Uplink
+from focoos_edge.inference.uplink import CameraRoute, Delivery, InferenceHealth, LiveQueue, Uplink
 from focoos_edge.service.logs import setup_logging
 from focoos_edge.service.systemd import Notifier, watchdog_interval_s
 from focoos_edge.tools.localserver import LocalServer
@@ -585,7 +586,8 @@ def test_uplink_429_retry_after_opens_the_breaker_at_once(fault_server: FaultSer
 
 
 def test_uplink_malformed_replies_are_dead_lettered(fault_server: FaultServer, rig, marker_jpeg) -> None:
-    fault_server.script(*[httpfault.raw(200, b"<html>proxy error</html>", "text/html")] * 3)
+    # Truncated JSON (an HTML page would be network trouble: spooled, see test_hostile/fault matrix).
+    fault_server.script(*[httpfault.raw(200, b'{"detections": [', "application/json")] * 3)
     r = rig(fault_server.url)
     r.uplink.process(make_job(jpeg=marker_jpeg[0]))
     assert len(fault_server.requests) == 3, "retried max_attempts times, not for ever"

@@ -27,6 +27,7 @@ from focoos_edge.capture.keyframes import KeyframeOpenError, KeyframeUnavailable
 from focoos_edge.capture.mjpeg import ScaledFrame, wrap_usb_capture
 from focoos_edge.capture.motion import InferenceBudget, SceneGate
 from focoos_edge.common.backoff import Backoff
+from focoos_edge.common.loop import Loop
 from focoos_edge.config.sources import Source
 
 log = logging.getLogger(__name__)
@@ -173,6 +174,7 @@ class CameraWorker(threading.Thread):
         self._backoff = Backoff(settings.reconnect_initial_s, settings.reconnect_max_s, jitter="equal")
         self._lock = threading.Lock()
         self._failing_since: float | None = None  # monotonic time of the first failure in a row
+        self.loop = Loop(self.name, self.cycle, stop, on_beat=self._beat)
 
     # -- public, thread-safe --------------------------------------------------
     def fps(self, window_s: float = 5.0) -> float:
@@ -186,22 +188,27 @@ class CameraWorker(threading.Thread):
 
     # -- thread body ------------------------------------------------------------
     def run(self) -> None:
-        while not self.stop_event.is_set():
-            self.last_progress = time.monotonic()
-            try:
-                cap = self._opener(self.settings)
-            except (CaptureOpenError, cv2.error) as exc:
-                self.counters.open_failures += 1
-                self._failing_since = self._failing_since or time.monotonic()
-                self._open_failed(str(exc), self._failing_since)
-                continue
-            try:
-                looped = self._stream(cap)
-            finally:
-                cap.release()
-            if not looped and not self.stop_event.is_set():
-                self.counters.reconnects += 1
+        self.loop.run()  # supervised: an unexpected error reopens the source after a backoff
         self._set_state(OFFLINE, "stopped")
+
+    def _beat(self, now: float) -> None:
+        self.last_progress = now
+
+    def cycle(self) -> None:
+        """One turn of the camera loop: open the source, stream until it fails or ends."""
+        try:
+            cap = self._opener(self.settings)
+        except (CaptureOpenError, cv2.error) as exc:
+            self.counters.open_failures += 1
+            self._failing_since = self._failing_since or time.monotonic()
+            self._open_failed(str(exc), self._failing_since)
+            return
+        try:
+            looped = self._stream(cap)
+        finally:
+            cap.release()
+        if not looped and not self.stop_event.is_set():
+            self.counters.reconnects += 1
 
     def _finished(self) -> None:
         """A file played once (`loop: false`): offline, and idle until stopped (the loop still

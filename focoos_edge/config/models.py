@@ -130,7 +130,11 @@ class InferenceConfig(_Model):
     )
     model_ref: NonEmpty = Field(description="Reference of the Focoos model, e.g. fai-detr-l-obj365.")
     threshold: float = Field(0.5, ge=0, le=1, description="Minimum detection confidence.")
-    timeout_s: float = Field(10, gt=0, description="HTTP timeout of one inference request.")
+    timeout_s: float = Field(10, gt=0, le=300, description="Deadline of one inference request, from connect "
+                                                          "to the last byte of the reply.")
+    retry_after_max_s: float = Field(
+        300, ge=1, le=86400, description="Ceiling on a server's Retry-After (HTTP 429): a larger value, or a "
+                                         "date far ahead, pauses uploads this long at most.")
     max_in_flight: int = Field(4, ge=1, le=32, description="Concurrent inference requests.")
     recheck_interval_s: float = Field(
         60, ge=1, le=3600, description="While uploads are paused by a rejected key or an unknown model, "
@@ -234,7 +238,7 @@ class SpoolConfig(_Model):
     max_bytes: SpoolBytes = Field(
         ByteSize(256 * MIB), description="Disk budget, e.g. 256MiB or 1GB (minimum 1 MiB)."
     )
-    max_age_s: float = Field(86400, gt=0, description="Spooled items older than this are dropped.")
+    max_age_s: float = Field(86400, gt=0, le=31536000, description="Spooled items older than this are dropped.")
     outbox_max_bytes: SpoolBytes | None = Field(
         None, description="Share of max_bytes reserved for MQTT messages waiting for the broker "
                           "(default: a quarter); frames are evicted before messages.")
@@ -248,7 +252,7 @@ class SnapshotConfig(_Model):
     height: int | None = Field(
         None, ge=64, le=2160, description="Height of the snapshot (default: the uploaded frame's).")
     quality: int = Field(70, ge=1, le=100, description="JPEG quality of the snapshot.")
-    min_interval_s: float = Field(2.0, ge=0, description="At most one snapshot per this many seconds.")
+    min_interval_s: float = Field(2.0, ge=0, le=86400, description="At most one snapshot per this many seconds.")
 
 
 class HomeAssistantConfig(_Model):
@@ -291,8 +295,8 @@ class CameraConfig(_Model):
     snapshot: SnapshotConfig | None = Field(None, description="Annotated snapshots (off by default).")
     counts: bool = Field(True, description="Publish retained per-label counts on .../<camera>/<label>.")
     loop: bool = Field(True, description="File sources restart at the end.")
-    open_timeout_s: float = Field(10, gt=0, description="Timeout to open the source.")
-    read_timeout_s: float = Field(10, gt=0, description="A source silent this long is reopened.")
+    open_timeout_s: float = Field(10, gt=0, le=300, description="Timeout to open the source.")
+    read_timeout_s: float = Field(10, gt=0, le=300, description="A source silent this long is reopened.")
     decode: Literal["all", "keyframes"] = Field(
         "all", description="'keyframes': decode only keyframes (needs the 'keyframes' extra, PyAV); far less "
                            "CPU when sample_fps is at or below the stream's keyframe rate. Files and streams only.")
@@ -304,7 +308,7 @@ class CameraConfig(_Model):
     motion_threshold: float | None = Field(
         None, gt=0, le=255, description="Skip frames whose scene did not change: mean absolute grey-level "
                                         "difference to the last sent frame (e.g. 2.0); null: off.")
-    motion_heartbeat_s: float = Field(60, gt=0, description="With motion_threshold: a static scene is still "
+    motion_heartbeat_s: float = Field(60, gt=0, le=86400, description="With motion_threshold: a static scene is still "
                                                              "sent this often.")
     max_inferences_per_hour: int | None = Field(
         None, ge=1, description="Hourly inference budget of this camera; frames beyond it are skipped (counted).")
@@ -348,7 +352,7 @@ class Config(_Model):
     )
     state_dir: ConfigPath = Field(Path("/var/lib/focoos-edge"), description="Where the spool lives.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
-    stats_interval_s: float = Field(30, gt=0, description="Period of the stats message.")
+    stats_interval_s: float = Field(30, gt=0, le=86400, description="Period of the stats message.")
     inference: InferenceConfig = Field(description="Focoos inference endpoint and model.")
     mqtt: MqttConfig = Field(default_factory=MqttConfig, description="MQTT broker.")
     spool: SpoolConfig = Field(default_factory=SpoolConfig, description="On-disk spool.")

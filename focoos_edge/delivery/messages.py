@@ -50,7 +50,8 @@ class Topics:
 
 def detection_dict(label: str | None, cls_id: int | None, conf: float, bbox: Sequence[float] | None) -> dict:
     """One entry of the `detections` list."""
-    out: dict[str, Any] = {"label": label, "cls_id": cls_id, "conf": round(float(conf), 4)}
+    # conf within [0, 1] as the schema says, whatever reached here (parsing clamps it already).
+    out: dict[str, Any] = {"label": label, "cls_id": cls_id, "conf": round(min(max(float(conf), 0.0), 1.0), 4)}
     out["bbox"] = None if bbox is None else [round(float(v), 1) for v in bbox]
     return out
 
@@ -118,4 +119,10 @@ def inference_state_payload(state: str, since_s: float, model_ref: str, detail: 
 
 def dumps(payload: dict) -> bytes:
     """Compact UTF-8 JSON, the wire form of every JSON message."""
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        # Last resort (parsing already cleans labels): a lone surrogate has no UTF-8 form; a '?'
+        # in its place keeps the message valid instead of failing the whole result.
+        return text.encode("utf-8", "replace")

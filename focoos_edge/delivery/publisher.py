@@ -12,6 +12,7 @@ is sent again, so a broker outage loses nothing and duplicates stay within the i
 from __future__ import annotations
 
 import logging
+import random
 import ssl
 import threading
 import time
@@ -21,13 +22,33 @@ from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
 
+from focoos_edge.common.loop import Loop
 from focoos_edge.delivery.messages import Topics, dumps
 from focoos_edge.delivery.spool import Spool, SpoolError
 
 log = logging.getLogger(__name__)
 
 ONLINE = b"online"
+RECONNECT_MAX_S = 2.0  # plus up to 1 s of jitter
 OFFLINE = b"offline"
+
+
+class _ExpectedPahoNoise(logging.Filter):
+    """paho logs "Client is not connected" as an ERROR on every clean stop and every reconnect
+    attempt: expected, and the publisher logs link changes itself. Kept at DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and str(record.msg).startswith("Client is not connected"):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+def _paho_logger() -> logging.Logger:
+    logger = logging.getLogger("focoos_edge.paho")
+    if not any(isinstance(f, _ExpectedPahoNoise) for f in logger.filters):
+        logger.addFilter(_ExpectedPahoNoise())
+    return logger
 
 
 @dataclass(frozen=True)
@@ -82,6 +103,7 @@ class Publisher:
         self.connected = threading.Event()
         self.last_error: str | None = None
         self._stopping = False
+        self._down_since: float | None = None  # monotonic time the link dropped, while it is down
         self._retained: dict[str, bytes] = {}
         self._subscriptions: dict[str, Callable[[str, bytes], None]] = {}
         self._lock = threading.Lock()
@@ -91,7 +113,7 @@ class Publisher:
         self._last_sent = 0  # highest outbox row id published on this connection
         self._epoch = 0  # bumped on every disconnect: the pump then resends from the start
         self._pump_epoch = 0
-        self._pump: threading.Thread | None = None
+        self._pump: Loop | None = None
         self.last_progress = time.monotonic()  # the pump's loop turned (watchdog)
         self._client = self._make_client()
 
@@ -99,7 +121,10 @@ class Publisher:
         s = self.settings
         client = new_client(s)
         client.will_set(self.topics.availability, OFFLINE, qos=1, retain=True)
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        # A LAN broker restart (an upgrade, a reboot) is routine: retry every 2-3 s at most instead of
+        # paho's doubling up to 30 s, with a per-process jitter so a fleet does not reconnect in step.
+        jitter = random.uniform(0.0, 1.0)
+        client.reconnect_delay_set(min_delay=0.5 + jitter / 2, max_delay=RECONNECT_MAX_S + jitter)  # type: ignore[arg-type]
         client.max_queued_messages_set(s.max_queued)
         client.max_inflight_messages_set(20)
         client.on_connect = self._on_connect
@@ -107,7 +132,7 @@ class Publisher:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
-        client.enable_logger(logging.getLogger("focoos_edge.paho"))
+        client.enable_logger(_paho_logger())
         return client
 
     # -- lifecycle --------------------------------------------------------------
@@ -117,8 +142,7 @@ class Publisher:
                  self.settings.client_id)
         self._client.connect_async(self.settings.host, self.settings.port, self.settings.keepalive_s)
         self._client.loop_start()
-        self._pump = threading.Thread(target=self._pump_loop, args=(stop,), name="mqtt-outbox", daemon=True)
-        self._pump.start()
+        self._pump = Loop("mqtt-outbox", self.pump_turn, stop, on_beat=self._beat).start()
 
     def flush(self, timeout_s: float = 5.0) -> None:
         """Wait for the pump to stop, then publish the outbox while connected, until every message is
@@ -196,7 +220,12 @@ class Publisher:
         self.counters.connects += 1
         self.last_error = None
         self.connected.set()
-        log.info("MQTT: connected to %s:%d", self.settings.host, self.settings.port)
+        down_since, self._down_since = self._down_since, None
+        if down_since is None:
+            log.info("MQTT: connected to %s:%d", self.settings.host, self.settings.port)
+        else:
+            log.warning("MQTT: connected to %s:%d again after an outage of %.1f s", self.settings.host,
+                        self.settings.port, time.monotonic() - down_since)
         client.publish(self.topics.availability, ONLINE, qos=1, retain=True)
         with self._lock:
             retained = list(self._retained.items())
@@ -205,6 +234,7 @@ class Publisher:
             client.publish(topic, body, qos=1, retain=True)
         for topic in subscriptions:
             client.subscribe(topic, qos=1)
+        self._wake.set()  # the outbox pump resends at once, not at its next half-second tick
 
     def _on_connect_fail(self, client, userdata) -> None:
         self.counters.connect_failures += 1
@@ -216,6 +246,7 @@ class Publisher:
         self._epoch += 1
         self._wake.set()
         if was_connected and not self._stopping:
+            self._down_since = time.monotonic()
             log.warning("MQTT: disconnected (%s); reconnecting", reason_code)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
@@ -226,18 +257,25 @@ class Publisher:
     # -- outbox pump (its own thread) ---------------------------------------------------
     def alive(self) -> bool:
         """The outbox pump runs."""
-        return self._pump is not None and self._pump.is_alive()
+        return self._pump is not None and self._pump.alive()
 
-    def _pump_loop(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            self.last_progress = time.monotonic()
-            self._wake.wait(0.5)
-            self._wake.clear()
-            try:
-                self._pump_step()
-            except SpoolError as exc:
-                log.error("MQTT outbox: %s", exc)
-                stop.wait(1.0)
+    def restarts(self) -> dict[str, int]:
+        """Outbox pump restarts after an unexpected error."""
+        return {self._pump.name: self._pump.restarts} if self._pump is not None else {}
+
+    def _beat(self, now: float) -> None:
+        self.last_progress = now
+
+    def pump_turn(self) -> float:
+        """One turn of the pump thread: wait for an ack, a new message or a (re)connect, then pump."""
+        self._wake.wait(0.5)
+        self._wake.clear()
+        try:
+            self._pump_step()
+        except SpoolError as exc:  # a failing disk: expected, no traceback
+            log.error("MQTT outbox: %s", exc)
+            return 1.0
+        return 0.0
 
     def _pump_step(self) -> bool:
         """Delete acknowledged rows, then publish more while connected; True while work remains."""
@@ -266,9 +304,10 @@ class Publisher:
         return bool(self._in_flight)
 
     def _note_error(self, message: str) -> None:
-        # Log a failure once per distinct reason, not on every retry.
+        # Log a failure once per distinct reason, not on every retry; during an outage already
+        # reported by the disconnect line, at debug only (one line when it drops, one when it returns).
         if message != self.last_error:
-            log.warning("MQTT: %s; retrying", message)
+            log.log(logging.DEBUG if self._down_since is not None else logging.WARNING, "MQTT: %s; retrying", message)
         self.last_error = message
 
 

@@ -89,10 +89,30 @@ def connect(path: Path, budget: Budget) -> sqlite3.Connection:
             raise sqlite3.DatabaseError(f"quick_check: {check}")
         db.executescript(SCHEMA)
         db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        check_schema(db)
     except sqlite3.DatabaseError:
         db.close()
         raise
     return db
+
+
+_COLUMNS = {
+    "frames": {"id", "frame_id", "camera", "captured_at_ns", "width", "height", "scale", "attempts", "bytes",
+               "crc32", "jpeg"},
+    "outbox": {"id", "camera", "topic", "qos", "retain", "created_at_ns", "bytes", "crc32", "payload"},
+}
+
+
+def check_schema(db: sqlite3.Connection) -> None:
+    """Raise ``sqlite3.DatabaseError`` unless this is a spool of this schema version: a valid SQLite
+    file with other tables (another program's, or a future version's) is moved aside, not used."""
+    row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    if row is None or row[0] != str(SCHEMA_VERSION):
+        raise sqlite3.DatabaseError(f"schema_version {row[0] if row else None!r}, expected {SCHEMA_VERSION}")
+    for table, expected in _COLUMNS.items():
+        found = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+        if not expected <= found:
+            raise sqlite3.DatabaseError(f"table {table} lacks {sorted(expected - found)}: not a focoos-edge spool")
 
 
 def _configure(db: sqlite3.Connection, b: Budget) -> None:

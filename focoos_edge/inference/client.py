@@ -24,12 +24,10 @@ from urllib.parse import quote, urlsplit
 
 import requests
 import urllib3.exceptions
-from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from focoos_edge import __version__
-
-# Re-exported: callers import the errors, result types and parsers from here.
+from focoos_edge.inference.deadline import Deadline, DeadlineAdapter
 from focoos_edge.inference.errors import (
     AuthError,
     FocoosError,
@@ -106,6 +104,7 @@ class FocoosClient:
         status, body, headers = self._request("GET", f"models/{_quote_ref(model_ref)}")
         if status != 200:
             raise self._status_error(status, body, headers, model_ref)
+        _check_json_reply(headers, body)
         return parse_model_info(body, model_ref)
 
     def infer(self, model_ref: str, jpeg: bytes, threshold: float) -> InferenceResult:
@@ -120,23 +119,30 @@ class FocoosClient:
         round_trip_s = time.monotonic() - started
         if status != 200:
             raise self._status_error(status, body, headers, model_ref)
+        _check_json_reply(headers, body)
         return parse_inference(body, round_trip_s)
 
     def _request(self, method: str, path: str, **kwargs: Any) -> tuple[int, bytes, Mapping[str, str]]:
         """The one boundary where requests/urllib3 exceptions become typed errors."""
         started = time.monotonic()
+        # timeout_s bounds the whole exchange, connect to last byte (a trickled status line too).
+        deadline = Deadline(self._timeout_s)
         try:
-            # Redirects are refused: requests would resend X-API-Key to whatever host a 30x names.
-            resp = self._session.request(
-                method, f"{self._base}/{path}", allow_redirects=False, stream=True,
-                timeout=(self._connect_timeout_s, self._timeout_s), **kwargs,
-            )
-            try:
-                body = _read_body(resp, MAX_REPLY_BYTES, started + self._connect_timeout_s + self._timeout_s)
-            finally:
-                resp.close()  # returns a fully read connection to the pool, drops a partial one
+            with deadline:
+                # Redirects are refused: requests would resend X-API-Key to whatever host a 30x names.
+                resp = self._session.request(
+                    method, f"{self._base}/{path}", allow_redirects=False, stream=True,
+                    timeout=(self._connect_timeout_s, self._timeout_s), **kwargs,
+                )
+                try:
+                    body = _read_body(resp, MAX_REPLY_BYTES, started + self._timeout_s)
+                finally:
+                    resp.close()  # returns a fully read connection to the pool, drops a partial one
+                if deadline.expired:  # the cut can look like a reply that ended early: it is not one
+                    raise TimeoutError("request deadline passed")
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-            error = self._translate(exc)
+            error = TransientError(f"Focoos API timed out after {self._timeout_s} s", reason="timeout") \
+                if deadline.expired else self._translate(exc)
             log.debug("%s %s failed after %.3f s: %s", method, path, time.monotonic() - started, error)
             raise error from None  # the chained exception would only add noise (and the URL)
         log.debug("%s %s -> %d (%d bytes) in %.3f s", method, path, resp.status_code, len(body),
@@ -170,9 +176,13 @@ class FocoosClient:
         if status >= 500:
             return TransientError(f"Focoos API server error (HTTP {status}){tail}", status=status,
                                   reason="server_error")
-        if 300 <= status < 400:
-            return PermanentError(f"Focoos API answered with a redirect (HTTP {status}); "
-                                  "set inference.api_url to the final address", status=status)
+        if 300 <= status < 400 or not (detail and _is_json(headers, body)):
+            # A redirect or a reply that is not a Focoos error (an HTML page): something on the path
+            # (captive portal, proxy) answered, not the API. Network trouble: the frame is kept.
+            what = "a redirect" if 300 <= status < 400 else "a reply that is not a Focoos error"
+            return TransientError(f"Focoos API address answered with {what} (HTTP {status}), not followed: a "
+                                  "captive portal or proxy in the way? (if the API moved, set inference.api_url)",
+                                  status=status, reason="unreachable")
         return PermanentError(f"Focoos API rejected the request (HTTP {status}){tail}", status=status)
 
 
@@ -196,6 +206,18 @@ _NETWORK_FAILURES: tuple[tuple[tuple[type[BaseException], ...], str, str], ...] 
 )
 
 
+def _is_json(headers: Mapping[str, str], body: bytes) -> bool:
+    """Does the reply claim or look like JSON? (A truncated JSON body still does: that is malformed.)"""
+    return "json" in (headers.get("Content-Type") or "").lower() or body.lstrip()[:1] in (b"{", b"[")
+
+
+def _check_json_reply(headers: Mapping[str, str], body: bytes) -> None:
+    """A 200 that is not JSON at all (a captive portal's HTML login page) is network trouble."""
+    if not _is_json(headers, body):
+        raise TransientError("Focoos API address answered HTTP 200 with a reply that is not JSON: a captive "
+                             "portal or proxy in the way?", status=200, reason="unreachable")
+
+
 def _check_api_key(api_key: str) -> str:
     key = (api_key or "").strip()  # keys read from files often end with a newline
     if not key:
@@ -213,8 +235,8 @@ def _no_auth(request: requests.PreparedRequest) -> requests.PreparedRequest:
 def _make_session(api_key: str, user_agent: str, pool_size: int) -> requests.Session:
     session = requests.Session()
     # total=0: urllib3 must not retry behind the uplink's back (it would double-count metered inferences).
-    adapter = HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size,
-                          max_retries=Retry(total=0, read=False, redirect=False))
+    adapter = DeadlineAdapter(pool_connections=pool_size, pool_maxsize=pool_size,
+                              max_retries=Retry(total=0, read=False, redirect=False))
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.headers.update({"X-API-Key": api_key, "User-Agent": user_agent, "Accept": "application/json"})

@@ -10,7 +10,8 @@ import email.utils
 import json
 import logging
 import math
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -20,6 +21,12 @@ log = logging.getLogger(__name__)
 
 READY_STATUSES = frozenset({"TRAINING_COMPLETED", "DEPLOYED"})
 _DETAIL_MAX_CHARS = 200
+# Ceilings on what one reply may make the daemon publish (docs/reliability.md). A real detector
+# returns at most a few hundred objects with short class names; beyond that it is a broken or
+# hostile server, and every extra detection costs memory, MQTT bytes and spool space.
+MAX_DETECTIONS = 1000
+MAX_LABEL_CHARS = 100
+MAX_CLS_ID = 100_000
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,7 @@ class InferenceResult:
     detections: tuple[Detection, ...]
     server_latency_s: dict[str, float]
     round_trip_s: float
+    clamped: dict[str, int] = field(default_factory=dict)  # what parsing had to fix or drop, by reason
 
 
 @dataclass(frozen=True)
@@ -133,8 +141,46 @@ def parse_inference(body: bytes, round_trip_s: float) -> InferenceResult:
     raw = doc["detections"]
     if not isinstance(raw, list):
         raise _malformed(f"detections is {_kind(raw)}, expected a list")
-    detections = tuple(_parse_detection(item, f"detections[{i}]") for i, item in enumerate(raw))
-    return InferenceResult(detections, _parse_latency(doc.get("latency")), round_trip_s)
+    clamped: Counter = Counter()
+    if len(raw) > MAX_DETECTIONS:
+        clamped["too_many_detections"] += len(raw) - MAX_DETECTIONS
+        raw = raw[:MAX_DETECTIONS]
+    detections = tuple(_clamp(_parse_detection(item, f"detections[{i}]"), clamped) for i, item in enumerate(raw))
+    return InferenceResult(detections, _parse_latency(doc.get("latency")), round_trip_s, dict(clamped))
+
+
+def _clamp(det: Detection, clamped: Counter) -> Detection:
+    """Bring a parsed detection within what the detections schema allows, counting each fix:
+    conf into [0, 1], a box with its corners swapped put right, an absurd class id dropped, a label
+    cut to MAX_LABEL_CHARS and made encodable (a lone surrogate cannot be UTF-8)."""
+    changes: dict[str, object] = {}
+    if not 0.0 <= det.conf <= 1.0:
+        changes["conf"] = min(max(det.conf, 0.0), 1.0)
+        clamped["conf_out_of_range"] += 1
+    if det.bbox is not None and (det.bbox[0] > det.bbox[2] or det.bbox[1] > det.bbox[3]):
+        x1, y1, x2, y2 = det.bbox
+        changes["bbox"] = (min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2))
+        clamped["inverted_box"] += 1
+    if det.cls_id is not None and not 0 <= det.cls_id <= MAX_CLS_ID:
+        changes["cls_id"] = None
+        clamped["cls_id_out_of_range"] += 1
+    if det.label is not None:
+        label = _clean_label(det.label, clamped)
+        if label != det.label:
+            changes["label"] = label
+    return replace(det, **changes) if changes else det  # type: ignore[arg-type]
+
+
+def _clean_label(label: str, clamped: Counter) -> str:
+    if len(label) > MAX_LABEL_CHARS:
+        label = label[:MAX_LABEL_CHARS]
+        clamped["label_too_long"] += 1
+    try:
+        label.encode("utf-8")
+    except UnicodeEncodeError:
+        label = label.encode("utf-8", "replace").decode("utf-8")
+        clamped["label_not_unicode"] += 1
+    return label
 
 
 def _parse_detection(raw: object, where: str) -> Detection:

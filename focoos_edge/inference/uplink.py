@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 
 from focoos_edge.capture.encode import FrameJob
 from focoos_edge.common.backoff import Backoff
+from focoos_edge.common.loop import Loop
 from focoos_edge.common.rates import HourlyRate
 from focoos_edge.delivery.spool import Spool, SpooledFrame, SpoolError
+from focoos_edge.inference.breaker import CircuitBreaker
 from focoos_edge.inference.client import FocoosClient
 from focoos_edge.inference.errors import (
     AuthError,
@@ -74,51 +76,6 @@ class LiveQueue:
             return sum(j.camera == camera for j in self._jobs)
 
 
-class CircuitBreaker:
-    """Closed -> open after `threshold` failures in a row; while open, one probe per backoff delay."""
-
-    def __init__(self, threshold: int = 3, backoff: Backoff | None = None,
-                 clock: Callable[[], float] = time.monotonic):
-        self.threshold = threshold
-        # Capped at 30 s: after a long outage the first probe comes soon, before the spool fills.
-        self._backoff = backoff or Backoff(1.0, 30.0, jitter="full")
-        self._clock = clock
-        self._failures = 0
-        self._open_until = 0.0
-        self._probing = False
-        self._lock = threading.Lock()
-
-    def ready(self) -> bool:
-        """Would `allow()` let a request through now? Unlike `allow()`, does not take the probe."""
-        with self._lock:
-            return self._failures < self.threshold or (not self._probing and self._clock() >= self._open_until)
-
-    def allow(self) -> bool:
-        """May a request be sent now? While open, lets exactly one probe through per delay."""
-        with self._lock:
-            if self._failures < self.threshold:
-                return True
-            if self._probing or self._clock() < self._open_until:
-                return False
-            self._probing = True
-            return True
-
-    def success(self) -> None:
-        with self._lock:
-            self._failures = 0
-            self._probing = False
-            self._backoff.reset()
-
-    def failure(self, retry_after_s: float | None = None) -> None:
-        """Record a failure; a Retry-After opens the breaker at once for at least that long."""
-        with self._lock:
-            self._probing = False
-            self._failures = self.threshold if retry_after_s else self._failures + 1
-            if self._failures >= self.threshold:
-                delay = max(retry_after_s or 0.0, self._backoff.next_delay())
-                self._open_until = self._clock() + delay
-
-
 @dataclass(frozen=True)
 class CameraRoute:
     """Per-camera inference settings."""
@@ -128,10 +85,15 @@ class CameraRoute:
 
 @dataclass(frozen=True)
 class Delivery:
-    """How a result's frame travelled: `replayed` when it waited in the spool (row `frame_row`)."""
+    """How a result's frame travelled: `replayed` when it waited in the spool (row `frame_row`).
+
+    The result handler sets `stored` once the detections message is committed to the outbox: from
+    then on the frame is accounted for there, so an error after it (counts, snapshot) must not
+    dead-letter it as well."""
 
     replayed: bool
     frame_row: int | None
+    stored: threading.Event = field(default_factory=threading.Event, compare=False)
 
 
 @dataclass
@@ -144,6 +106,7 @@ class UplinkCounters:
     spooled: int = 0  # live frames that went to the spool (uplink busy, unreachable or paused)
     dead_lettered: Counter = field(default_factory=Counter)
     errors: Counter = field(default_factory=Counter)
+    clamped: Counter = field(default_factory=Counter)  # what parsing fixed or dropped in replies (ceilings)
     last_hour: HourlyRate = field(default_factory=HourlyRate)  # uploads and their bytes
     round_trips_ms: deque = field(default_factory=lambda: deque(maxlen=256))
 
@@ -157,6 +120,7 @@ class InferenceHealth:
         self.paused = threading.Event()  # set on auth / unknown-model errors
         self._on_change = on_change
         self._lock = threading.Lock()
+        self._down_since: float | None = None  # monotonic time it left `ok`, while not ok
 
     def reset(self) -> None:
         """Back to `starting`, uploads no longer paused."""
@@ -171,7 +135,12 @@ class InferenceHealth:
         with self._lock:
             if state == self.state:
                 return
-            self.state, self.detail = state, detail
+            was_ok, self.state, self.detail = self.state == OK, state, detail
+            down_since = self._down_since
+            self._down_since = time.monotonic() if was_ok else (None if state == OK else down_since)
+        if state == OK and down_since is not None:
+            log.warning("inference: the API answers again after an outage of %.1f s",
+                        time.monotonic() - down_since)
         self._on_change(state, detail)
 
 
@@ -186,7 +155,8 @@ class Uplink:
     def __init__(self, client: FocoosClient, model_ref: str, routes: dict[str, CameraRoute],
                  queue: LiveQueue, spool: Spool, on_result: Callable[[FrameJob, InferenceResult, Delivery], None],
                  health: InferenceHealth, stop: threading.Event, default_route: CameraRoute,
-                 max_in_flight: int = 4, max_attempts: int = 3, probe_interval_s: float = 60.0):
+                 max_in_flight: int = 4, max_attempts: int = 3, probe_interval_s: float = 60.0,
+                 retry_after_max_s: float = 300.0):
         self.client = client
         self.default_route = default_route
         self.model_ref = model_ref
@@ -203,9 +173,12 @@ class Uplink:
         self._max_in_flight = max_in_flight
         self._max_attempts = max_attempts
         self.probe_interval_s = probe_interval_s
+        self.retry_after_max_s = retry_after_max_s
+        self._cap_noted = False  # the Retry-After cap was logged in this rate-limited spell
         self._breaker = CircuitBreaker()
         self._empty_generation = -1  # spool.frames_generation when take_frame() last found nothing
-        self._threads: list[threading.Thread] = []
+        self.loops: list[Loop] = []
+        self._probe_backoff = Backoff(1.0, probe_interval_s, jitter="equal")
         self._lock = threading.Lock()
 
     @property
@@ -220,7 +193,11 @@ class Uplink:
 
     def alive(self) -> bool:
         """All threads running (before start and after stop: False)."""
-        return bool(self._threads) and all(t.is_alive() for t in self._threads)
+        return bool(self.loops) and all(loop.alive() for loop in self.loops)
+
+    def restarts(self) -> dict[str, int]:
+        """Loop restarts after an unexpected error, by thread name."""
+        return {loop.name: loop.restarts for loop in self.loops}
 
     def recheck_model(self) -> None:
         """Forget the model check and any pause (new credentials or model): the probe runs again."""
@@ -229,35 +206,36 @@ class Uplink:
         self.health.reset()
 
     def start(self) -> None:
-        self._threads = [threading.Thread(target=self._probe_loop, name="uplink-probe", daemon=True)]
+        self.loops = [Loop("uplink-probe", self.probe_step, self._stop)]
         backlog_workers = max(1, self._max_in_flight - 1)
-        self._threads += [threading.Thread(target=self._worker, args=(i < backlog_workers,),
-                                           name=f"uplink-{i}", daemon=True)
-                          for i in range(self._max_in_flight)]
-        for t in self._threads:
-            t.start()
+        self.loops += [Loop(f"uplink-{i}", self._worker_step(i < backlog_workers), self._stop,
+                            on_beat=self._beat)
+                       for i in range(self._max_in_flight)]
+        for loop in self.loops:
+            loop.start()
 
     def join(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
-        for t in self._threads:
-            t.join(max(0.0, deadline - time.monotonic()))
+        for loop in self.loops:
+            loop.join(max(0.0, deadline - time.monotonic()))
+
+    def _beat(self, now: float) -> None:
+        self.last_progress = now
 
     # -- model probe --------------------------------------------------------------
-    def _probe_loop(self) -> None:
-        """Fetch model info at start (retrying transient errors); re-probe while uploads are paused."""
-        backoff = Backoff(1.0, self.probe_interval_s, jitter="equal")
-        while not self._stop.is_set():
-            if self.model_info is not None and not self.health.paused.is_set():
-                self._stop.wait(1.0)
-                continue
-            try:
-                self._check_model()
-                backoff.reset()
-                if self.health.paused.is_set():  # still paused (model not ready): not in a loop
-                    self._stop.wait(self.probe_interval_s)
-            except FocoosError as exc:
-                self._note_error(None, exc)
-                self._stop.wait(backoff.next_delay() if exc.retryable else self.probe_interval_s)
+    def probe_step(self) -> float:
+        """Fetch model info at start (retrying transient errors); re-probe while uploads are paused.
+        Returns the seconds until the next check."""
+        if self.model_info is not None and not self.health.paused.is_set():
+            return 1.0
+        try:
+            self._check_model()
+        except FocoosError as exc:
+            self._note_error(None, exc)
+            return self._probe_backoff.next_delay() if exc.retryable else self.probe_interval_s
+        self._probe_backoff.reset()
+        # Still paused (model not ready): check again later, not in a loop.
+        return self.probe_interval_s if self.health.paused.is_set() else 0.0
 
     def _check_model(self) -> None:
         info = self.client.model_info(self.model_ref)
@@ -272,14 +250,16 @@ class Uplink:
             self.health.set(MODEL_NOT_READY, f"status {info.status}")
 
     # -- workers ------------------------------------------------------------------
-    def _worker(self, may_drain_backlog: bool) -> None:
-        while not self._stop.is_set():
-            self.last_progress = time.monotonic()
+    def _worker_step(self, may_drain_backlog: bool) -> Callable[[], float]:
+        def step() -> float:
             try:
                 self._step(may_drain_backlog)
-            except SpoolError as exc:  # a full or failing disk must not end the worker
+            except SpoolError as exc:  # a full or failing disk: expected, logged without a traceback
                 log.error("uplink: spool: %s", exc)
-                self._stop.wait(1.0)
+                return 1.0
+            return 0.0
+
+        return step
 
     def _step(self, may_drain_backlog: bool) -> None:
         """One turn of a worker: a live frame if there is one, else (maybe) one from the backlog.
@@ -307,6 +287,12 @@ class Uplink:
             self.in_flight[job.camera] += 1
         try:
             self.process(job, spooled)
+        except SpoolError:
+            raise  # the frame is still in the spool (or counted as spool_error): the step logs it
+        except Exception:
+            # A bug, not a bad reply: account for the frame, then let the loop log it and restart.
+            self._dead_letter(job, spooled, "worker_error")
+            raise
         finally:
             with self._lock:
                 self.in_flight[job.camera] -= 1
@@ -338,17 +324,56 @@ class Uplink:
                     # fail for ever: dead-letter the frame instead of looping.
                     return self._dead_letter(job, spooled, exc.reason)
                 if not malformed:
-                    self._breaker.failure(exc.retry_after_s if isinstance(exc, RateLimitedError) else None)
+                    self._breaker.failure(self._retry_after(exc))
                 if spooled or attempts >= self._max_attempts:
                     return self._defer(job, spooled, attempted=True)
                 self._stop.wait(backoff.next_delay())
                 continue
             self._breaker.success()
             self.health.set(OK)
+            self._cap_noted = False
             counters.results += 1
-            delivery = Delivery(replayed=spooled is not None, frame_row=spooled.row_id if spooled else None)
+            self._note_clamped(job.camera, result.clamped)
+            return self._deliver(job, result, spooled)
+
+    def _retry_after(self, exc: FocoosError) -> float | None:
+        """A 429's Retry-After, at most `retry_after_max_s` (a server must not stop uploads for days)."""
+        wait = exc.retry_after_s if isinstance(exc, RateLimitedError) else None
+        if wait is not None and wait > self.retry_after_max_s:
+            # Once per rate-limited spell: a server repeating it on every probe must not flood the log.
+            log.log(logging.DEBUG if self._cap_noted else logging.WARNING,
+                    "inference: Retry-After of %.0f s capped at %.0f s (inference.retry_after_max_s)",
+                    wait, self.retry_after_max_s)
+            self._cap_noted = True
+            return self.retry_after_max_s
+        return wait
+
+    def _deliver(self, job: FrameJob, result: InferenceResult, spooled: SpooledFrame | None) -> None:
+        """The result-processing boundary: whatever handling one result raises (encoding, topics,
+        drawing...), the frame is accounted for and this worker goes on with the next one."""
+        delivery = Delivery(replayed=spooled is not None, frame_row=spooled.row_id if spooled else None)
+        try:
             self._on_result(job, result, delivery)
-            return None
+        except Exception as exc:
+            why = f"{type(exc).__name__}: {str(exc)[:200]}"  # a hostile label could make it huge
+            if delivery.stored.is_set():  # the message is in the outbox: only an extra failed
+                self.counters[job.camera].errors["result_error"] += 1
+                log.error("camera %s: frame %s: handling its result failed after it was stored (%s)",
+                          job.camera, job.frame_id, why, exc_info=log.isEnabledFor(logging.DEBUG))
+                return
+            log.error("camera %s: frame %s: its result could not be handled (%s)", job.camera, job.frame_id,
+                      why, exc_info=log.isEnabledFor(logging.DEBUG))
+            self._dead_letter(job, spooled, "result_error")
+
+    def _note_clamped(self, camera: str, clamped: dict[str, int]) -> None:
+        if not clamped:
+            return
+        counters = self.counters[camera]
+        for reason, n in clamped.items():
+            if not counters.clamped[reason]:  # once per camera and reason: a bad server repeats itself
+                log.warning("camera %s: a reply exceeded a ceiling (%s, %d in this reply): fixed or dropped "
+                            "before publishing; counted in clamped_by_reason", camera, reason, n)
+            counters.clamped[reason] += n
 
     def _defer(self, job: FrameJob, spooled: SpooledFrame | None, attempted: bool) -> None:
         """Keep the frame for later: back into the spool (or stay there)."""

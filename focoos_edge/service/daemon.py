@@ -11,6 +11,7 @@ from collections import Counter
 from focoos_edge import __version__
 from focoos_edge.capture.encode import FrameJob, JpegEncoder
 from focoos_edge.capture.worker import CameraWorker, CaptureSettings
+from focoos_edge.common.loop import Loop
 from focoos_edge.config.load import ConfigError
 from focoos_edge.config.models import Config, load_config
 from focoos_edge.delivery.messages import (
@@ -29,6 +30,7 @@ from focoos_edge.inference.parse import InferenceResult
 from focoos_edge.inference.uplink import CameraRoute, Delivery, InferenceHealth, LiveQueue, Uplink
 from focoos_edge.service.logs import set_level
 from focoos_edge.service.metrics import MetricsServer
+from focoos_edge.service.statedir import StateDirLock
 from focoos_edge.service.stats import CpuMeter, accounting, percentile, rss_bytes
 from focoos_edge.service.systemd import Notifier
 from focoos_edge.subscribers.features import SubscriberFeatures
@@ -82,6 +84,7 @@ class Daemon:
         self.topics = Topics(config.mqtt.topic_prefix, config.device_id)
         self.started_mono = time.monotonic()
         sp = config.spool
+        self.state_lock = StateDirLock(config.state_dir)  # before the spool: one daemon per state_dir
         try:
             self.spool = Spool(config.state_dir / "spool.db", int(sp.max_bytes), sp.max_age_s,
                                int(sp.outbox_max_bytes) if sp.outbox_max_bytes else None)
@@ -101,7 +104,7 @@ class Daemon:
         self.uplink = Uplink(self._make_client(config), inf.model_ref, self._routes(config), self.queue,
                              self.spool, self._on_result, self.health, stop,
                              default_route=CameraRoute(threshold=inf.threshold), max_in_flight=inf.max_in_flight,
-                             probe_interval_s=inf.recheck_interval_s)
+                             probe_interval_s=inf.recheck_interval_s, retry_after_max_s=inf.retry_after_max_s)
         self.workers: dict[str, CameraWorker] = {}
         self.metrics: MetricsServer | None = None
         self.reloads = 0
@@ -110,6 +113,8 @@ class Daemon:
         self.notifier = Notifier()
         self.final_summary = ""
         self._stalled_reported: list[str] = []
+        self._next_stats = 0.0
+        self.main_loop = Loop("main", self.tick, stop)
 
     @staticmethod
     def _make_client(config: Config) -> FocoosClient:
@@ -137,22 +142,32 @@ class Daemon:
         self.shutdown()
 
     def _loop(self) -> None:
+        """The main thread's supervised loop (see `tick`)."""
+        self._next_stats = time.monotonic() + self.config.stats_interval_s
+        self.main_loop.run()
+
+    def tick(self) -> float:
         """Stats every `stats_interval_s`, watchdog pings, reload requests; wakes every second."""
-        next_stats = time.monotonic() + self.config.stats_interval_s
+        if self.reload_requested.is_set():
+            self.reload_requested.clear()
+            self.reload()
+        if self.notifier.watchdog_interval_s:
+            self._feed_watchdog()
+        self.features.tick()
+        if time.monotonic() >= self._next_stats:
+            self._next_stats = time.monotonic() + self.config.stats_interval_s
+            self._expire()
+            self.publisher.publish(self.topics.stats, self.stats(), qos=0)
+            self.notifier.status(self.status_line())
         # Ping at a quarter of WatchdogSec: one late tick on a loaded box must not cost a restart.
-        tick_s = min(1.0, (self.notifier.watchdog_interval_s or 2.0) / 2)
-        while not self.stop.wait(tick_s):
-            if self.reload_requested.is_set():
-                self.reload_requested.clear()
-                self.reload()
-            if self.notifier.watchdog_interval_s:
-                self._feed_watchdog()
-            self.features.tick()
-            if time.monotonic() >= next_stats:
-                next_stats = time.monotonic() + self.config.stats_interval_s
-                self._expire()
-                self.publisher.publish(self.topics.stats, self.stats(), qos=0)
-                self.notifier.status(self.status_line())
+        return min(1.0, (self.notifier.watchdog_interval_s or 2.0) / 2)
+
+    def restarts(self) -> dict[str, int]:
+        """Loop restarts after an unexpected error, by thread name (only loops that restarted)."""
+        counts = {self.main_loop.name: self.main_loop.restarts, **self.uplink.restarts(),
+                  **self.publisher.restarts()}
+        counts.update({w.loop.name: w.loop.restarts for w in self.workers.values()})
+        return {name: n for name, n in counts.items() if n}
 
     def shutdown(self) -> None:
         """Fixed order: cameras (no new frames) -> uplink (in-flight requests finish) -> frames still
@@ -172,6 +187,7 @@ class Daemon:
         self.final_summary = self.summary()
         log.info("stopped: %s", self.final_summary)
         self.spool.close()
+        self.state_lock.release()
 
     def _start_camera(self, cam) -> None:
         worker = CameraWorker(capture_settings(cam), self._on_job, self._on_camera_state, threading.Event())
@@ -253,6 +269,7 @@ class Daemon:
         self.uplink.model_ref = new.inference.model_ref
         self.uplink.default_route = CameraRoute(threshold=new.inference.threshold)
         self.uplink.probe_interval_s = new.inference.recheck_interval_s
+        self.uplink.retry_after_max_s = new.inference.retry_after_max_s
         self.uplink.recheck_model()
         old_client.close()
 
@@ -331,6 +348,7 @@ class Daemon:
         try:
             self.publisher.publish_durable(job.camera, self.topics.detections(job.camera), payload,
                                            done_frame=delivery.frame_row)
+            delivery.stored.set()  # accounted for in the outbox now (see Uplink._deliver)
             self.features.on_result(job, kept, replayed)
         except SpoolError as exc:
             log.error("camera %s: result of frame %s not stored: %s", job.camera, job.frame_id, exc)
@@ -373,6 +391,8 @@ class Daemon:
             "skipped_budget": w.counters.skipped_budget if w else 0,
             "spooled": up.spooled, "errors": dict(up.errors), "evicted_by_reason": evicted,
             "dead_lettered_by_reason": dict(up.dead_lettered),
+            "clamped_by_reason": {**up.clamped, **({"count_label_cap": n} if (n := self.features.labels_dropped(camera))
+                                                   else {})},
             "inference_ms": {"p50": percentile(up.round_trips_ms, 0.5),
                              "p95": percentile(up.round_trips_ms, 0.95)},
             **account,
@@ -392,6 +412,7 @@ class Daemon:
                      "connects": pc.connects, "connect_failures": pc.connect_failures},
             "spool": self.spool.stats(),
             "cameras": {cam: self._camera_stats(cam, acc) for cam, acc in self.accounting().items()},
+            **({"thread_restarts": restarts} if (restarts := self.restarts()) else {}),
         }
 
     def status_line(self) -> str:

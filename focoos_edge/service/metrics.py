@@ -60,6 +60,9 @@ def render(stats: Mapping) -> str:
     _spool(fams, stats["spool"])
     for camera, cam in sorted(stats["cameras"].items()):
         _camera(fams, camera, cam)
+    for thread, count in sorted(stats.get("thread_restarts", {}).items()):
+        fams.add("thread_restarts_total", "counter", "Loops restarted after an unexpected error, by thread.",
+                 count, thread=str(thread))
     return "".join(_format(family) for family in fams)
 
 
@@ -109,6 +112,7 @@ _CAMERA_REASONS = (
     ("errors", "inference_errors_total", "Inference errors by reason."),
     ("evicted_by_reason", "spool_evictions_total", "Spool evictions by reason."),
     ("dead_lettered_by_reason", "dead_letters_total", "Frames given up, by reason."),
+    ("clamped_by_reason", "reply_clamps_total", "Reply values fixed or dropped by a ceiling, by reason."),
 )
 
 
@@ -121,7 +125,7 @@ def _camera(fams: _Families, camera: str, cam: Mapping) -> None:
     fams.add("frames_pending", "gauge", "Frames or messages of the camera anywhere in the pipeline now.",
              cam["pending"], camera=camera)
     for key, name, help_text in _CAMERA_REASONS:
-        for reason, count in sorted(cam[key].items()):
+        for reason, count in sorted(cam.get(key, {}).items()):
             fams.add(name, "counter", help_text, count, camera=camera, reason=str(reason))
     for quantile, key in (("0.5", "p50"), ("0.95", "p95")):
         ms = cam["inference_ms"][key]

@@ -77,6 +77,12 @@ class SubscriberFeatures:
         if due:
             self._publish_snapshot(job, kept)
 
+    def labels_dropped(self, camera: str) -> int:
+        """Detections of `camera` not counted: their label came after the per-camera cap."""
+        with self._lock:
+            tracker = self._counts.get(camera)
+            return tracker.labels_dropped if tracker else 0
+
     def _publish_counts(self, changes: list[tuple[str, int]]) -> None:
         for topic, count in changes:
             self.publisher.publish(topic, str(count).encode(), qos=1, retain=True)

@@ -11,6 +11,7 @@ library serves HTTP (``ThreadingHTTPServer``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hmac
 import json
 import logging
@@ -29,16 +30,20 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import cv2
 import numpy as np
 
-# Re-exported: tests and the demo import the marker helpers from here.
 from focoos_edge.tools import LOCAL_SERVER_KEY_ENV, LOCAL_SERVER_PORT
 from focoos_edge.tools.aruco import CLASSES, detect_markers, new_detector
+from focoos_edge.tools.imageheader import image_pixels
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = LOCAL_SERVER_PORT
 DEFAULT_MODEL_REF = "local-aruco"
 DEFAULT_THRESHOLD = 0.5
-MAX_BODY_BYTES = 20 * 1024 * 1024
+MAX_BODY_BYTES = 8 * 1024 * 1024
+# Memory ceilings: a decoded image costs 3 bytes a pixel, and every handler thread may hold a body.
+MAX_PIXELS = 16_000_000  # 4K is 8.3 MP
+MAX_CONNECTIONS = 32  # handler threads at once; more connections are refused with a 503
+REQUEST_DEADLINE_S = 30.0  # a request, first byte to reply, and its body: a trickle cannot hold a thread
 API_KEY_ENV = LOCAL_SERVER_KEY_ENV
 MODEL_IM_SIZE = 640
 MODEL_DESCRIPTION = "ArUco DICT_4X4_50 marker detector (OpenCV, CPU)"
@@ -275,6 +280,10 @@ class LocalServer:
 def _decode_image(data: bytes) -> np.ndarray | None:
     if not data:
         return None
+    pixels = image_pixels(data)
+    if pixels is None or pixels > MAX_PIXELS:  # a tiny file may declare gigabytes of pixels
+        log.info("local server: refused an image of %s pixels (at most %d)", pixels, MAX_PIXELS)
+        return None
     try:
         return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     except cv2.error:
@@ -287,9 +296,25 @@ class _HTTPServer(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], app: LocalServer) -> None:
         self.app = app
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
+
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(blocking=False):
+            with contextlib.suppress(OSError):  # refused: over MAX_CONNECTIONS handler threads
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
+                                b"Connection: close\r\n\r\n")
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def handle_error(self, request: object, client_address: tuple) -> None:
         # The stdlib prints a traceback to stderr; a client that hung up is routine here.
@@ -317,6 +342,28 @@ class _Handler(BaseHTTPRequestHandler):
         # The request line holds no secret (keys travel in headers, which are never logged).
         log.debug("%s %s", self.address_string(), format % args)
 
+    def handle_one_request(self) -> None:
+        """One request within REQUEST_DEADLINE_S from its first byte: a client trickling its request
+        line or headers is cut off (idle keep-alive waits before the first byte do not count)."""
+        try:
+            first = self.rfile.peek(1)  # type: ignore[attr-defined]  # buffered: waits for a byte or EOF
+        except OSError:  # the idle timeout (TimeoutError) or a reset
+            first = b""
+        if not first:
+            self.close_connection = True
+            return
+        timer = threading.Timer(REQUEST_DEADLINE_S, self._cut)
+        timer.daemon = True
+        timer.start()
+        try:
+            super().handle_one_request()
+        finally:
+            timer.cancel()
+
+    def _cut(self) -> None:
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)  # ends the handler's blocked read
+
     def do_GET(self) -> None:
         self._dispatch("GET")
 
@@ -326,12 +373,13 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str) -> None:
         app = self.server.app
         app.stats.incr("requests")
+        if not app.authorized(self.headers):  # before reading the body: strangers cost no memory
+            app.stats.incr("auth_failures")
+            # A small body is drained unkept (the connection stays usable); a large one is not read.
+            self._send_json(401, {"detail": "Invalid API key"}, close=not self._discard_small_body())
+            return
         body = self._read_body()
         if body is None:
-            return
-        if not app.authorized(self.headers):
-            app.stats.incr("auth_failures")
-            self._send_json(401, {"detail": "Invalid API key"})
             return
         status, payload = app.route(method, self.path, self.headers.get("Content-Type", ""), body)
         self._send_json(status, payload)
@@ -350,11 +398,38 @@ class _Handler(BaseHTTPRequestHandler):
             # The body is left unread, so the connection cannot carry another request.
             self._send_json(413, {"detail": f"Request body larger than {MAX_BODY_BYTES} bytes"}, close=True)
             return None
-        body = self.rfile.read(length)
-        if len(body) < length:
-            self.close_connection = True  # client went away mid-upload: nobody to answer
-            return None
+        body = self._read_until(length, time.monotonic() + REQUEST_DEADLINE_S)
+        if body is None:
+            self.close_connection = True  # client went away or too slow mid-upload: nobody to answer
         return body
+
+    def _discard_small_body(self) -> bool:
+        """Read and drop a body of at most 1 MiB; False when there is more (or it is chunked)."""
+        raw_length = self.headers.get("Content-Length", "0").strip() or "0"
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower() or not raw_length.isdigit():
+            return False
+        length = int(raw_length)
+        return length <= 1024 * 1024 and self._read_until(length, time.monotonic() + 5.0) is not None
+
+    def _read_until(self, length: int, deadline: float) -> bytes | None:
+        """`length` bytes of body by `deadline`, or None (the socket timeout shrinks to what is left)."""
+        chunks, got = [], 0
+        try:
+            while got < length:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self.connection.settimeout(min(left, CONNECTION_IDLE_TIMEOUT_S))
+                chunk = self.rfile.read1(min(length - got, 64 * 1024))
+                if not chunk:
+                    return None
+                chunks.append(chunk)
+                got += len(chunk)
+        except (TimeoutError, OSError):
+            return None
+        finally:
+            self.connection.settimeout(CONNECTION_IDLE_TIMEOUT_S)
+        return b"".join(chunks)
 
     def _send_json(self, status: int, payload: object, close: bool = False) -> None:
         data = json.dumps(payload).encode("utf-8")

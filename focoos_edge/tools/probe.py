@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -54,14 +56,38 @@ def probe_camera(cam, out_dir: str, encoder: JpegEncoder, measure_s: float = 2.0
         fps = (len(steady) - 1) / (steady[-1] - steady[0]) if len(steady) > 2 else 0.0
         h, w = frame.shape[:2]
         path = os.path.join(out_dir, f"{cam.name}.jpg")
-        with open(path, "wb") as f:
-            f.write(encoder.encode(frame, 90))
+        save_private(path, encoder.encode(frame, 90))
         upload = encoder.encode(resize_to_max_side(frame, cam.max_side)[0], cam.jpeg_quality)
         return True, (f"camera {cam.name}: ok, {settings.source.display}, codec "
                       f"{fourcc_text(cap.get(cv2.CAP_PROP_FOURCC))}, {w}x{h}, stream fps "
                       f"{cap.get(cv2.CAP_PROP_FPS):.1f}, measured {fps:.1f} fps, saved {path}"), upload
     finally:
         cap.release()
+
+
+def check_out_dir(out_dir: str) -> str | None:
+    """Create `out_dir` (0700) if missing; refuse one that another user owns (its owner could plant
+    links there, and would read camera frames). None when it is fine, else why not."""
+    os.makedirs(out_dir, mode=0o700, exist_ok=True)
+    st = os.stat(out_dir)
+    if st.st_uid != os.geteuid():
+        return (f"{out_dir} belongs to another user (uid {st.st_uid}); camera frames are written only "
+                "into a folder of yours: choose another --out")
+    return None
+
+
+def save_private(path: str, data: bytes) -> None:
+    """Write `data` to `path` (mode 0600) through a new temporary file renamed over it: the rename
+    replaces a symlink at `path` instead of following it, so no other file is ever overwritten."""
+    fd, tmp = tempfile.mkstemp(prefix=".probe-", suffix=".jpg", dir=os.path.dirname(path) or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:  # mkstemp: O_CREAT | O_EXCL, mode 0600
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def inference_hint(exc: FocoosError) -> str:
@@ -110,7 +136,10 @@ def run_probe(config: Config, camera: str | None, out_dir: str, print_fn: Callab
     except EncoderUnavailableError as exc:
         print_fn(f"jpeg: FAILED: {exc}")
         return 1
-    os.makedirs(out_dir, exist_ok=True)
+    problem = check_out_dir(out_dir)
+    if problem:
+        print_fn(f"probe --out: {problem}")
+        return 1
     cam_results = [probe_camera(c, out_dir, encoder) for c in cams]
     # The timed inference uses a real frame when a camera gave one, else a grey 640x360 frame.
     jpeg = next((j for _, _, j in cam_results if j), None) or \
