@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
+# Re-exported: callers catch EncoderUnavailableError from here.
+from focoos_edge.capture.turbo import TURBOJPEG_HINT, EncoderUnavailableError, load_turbojpeg  # noqa: F401
+
 log = logging.getLogger(__name__)
-
-TURBOJPEG_HINT = (
-    "libturbojpeg was not found: install it with 'apt-get install libturbojpeg0' "
-    "(Debian, Raspberry Pi OS, Ubuntu/JetPack), or set TURBOJPEG to the library's path"
-)
-
-
-class EncoderUnavailableError(RuntimeError):
-    """The TurboJPEG library cannot be loaded; the message says what to install."""
-
 
 @dataclass(frozen=True)
 class FrameJob:
@@ -62,15 +54,7 @@ class JpegEncoder:
     """A TurboJPEG encoder for BGR frames. Not thread-safe: use one per camera thread."""
 
     def __init__(self, lib_path: str | None = None):
-        try:
-            from turbojpeg import TurboJPEG
-        except ImportError as exc:  # pragma: no cover - dependency of the package
-            raise EncoderUnavailableError(f"PyTurboJPEG is not installed ({exc})") from None
-        lib_path = lib_path or os.environ.get("TURBOJPEG") or None
-        try:
-            self._tj = TurboJPEG(lib_path) if lib_path else TurboJPEG()
-        except (OSError, RuntimeError) as exc:
-            raise EncoderUnavailableError(f"{TURBOJPEG_HINT} ({exc})") from None
+        self._tj = load_turbojpeg(lib_path)
 
     def encode(self, bgr: np.ndarray, quality: int) -> bytes:
         """Encode a BGR uint8 image (OpenCV order) to JPEG bytes."""

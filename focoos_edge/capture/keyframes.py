@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from focoos_edge.capture.encode import fit_size
-from focoos_edge.capture.mjpeg import ScaledFrame
+from focoos_edge.capture.source import ScaledFrame
 
 log = logging.getLogger(__name__)
 

@@ -13,13 +13,13 @@ The rest is a small ratio (at most about 1.33:1 once a scaling factor has been a
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from fractions import Fraction
 
 import cv2
 import numpy as np
 
 from focoos_edge.capture.encode import TURBOJPEG_HINT, EncoderUnavailableError, fit_size
+from focoos_edge.capture.source import ScaledFrame
 
 log = logging.getLogger(__name__)
 
@@ -29,17 +29,6 @@ RESIDUAL_INTERPOLATION = cv2.INTER_LINEAR
 
 class MjpegDecodeError(ValueError):
     """The bytes are not a JPEG that libjpeg-turbo can decode."""
-
-
-@dataclass(frozen=True)
-class ScaledFrame:
-    """A decoded frame: ``image`` (BGR) is at most ``max_side`` long; ``width``/``height`` are the
-    original JPEG's; ``scale`` = image width / original width (what FrameJob.scale means)."""
-
-    image: np.ndarray
-    width: int
-    height: int
-    scale: float
 
 
 def pick_scaling_factor(width: int, height: int, max_side: int,

@@ -24,8 +24,9 @@ import numpy as np
 
 from focoos_edge.capture.encode import FrameJob, JpegEncoder, resize_to_max_side
 from focoos_edge.capture.keyframes import KeyframeOpenError, KeyframeUnavailableError, open_keyframes
-from focoos_edge.capture.mjpeg import ScaledFrame, wrap_usb_capture
+from focoos_edge.capture.mjpeg import wrap_usb_capture
 from focoos_edge.capture.motion import InferenceBudget, SceneGate
+from focoos_edge.capture.source import ScaledFrame
 from focoos_edge.common.backoff import Backoff
 from focoos_edge.config.sources import Source
 
