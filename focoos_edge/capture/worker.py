@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from focoos_edge.capture.encode import FrameJob, JpegEncoder, resize_to_max_side
+from focoos_edge.capture.encode import FrameJob, JpegEncoder
 from focoos_edge.capture.keyframes import KeyframeOpenError, KeyframeUnavailableError, open_keyframes
-from focoos_edge.capture.mjpeg import wrap_usb_capture
+from focoos_edge.capture.mjpeg import MjpegCapture, wrap_usb_capture
 from focoos_edge.capture.motion import InferenceBudget, SceneGate
-from focoos_edge.capture.source import ScaledFrame
+from focoos_edge.capture.source import FrameSource, OpenCvSource, ScaledFrame
 from focoos_edge.common.backoff import Backoff
 from focoos_edge.config.sources import Source
 
@@ -78,12 +78,11 @@ class CaptureOpenError(RuntimeError):
     """The source could not be opened (message is already redacted)."""
 
 
-def open_capture(settings: CaptureSettings, stop: threading.Event | None = None) -> cv2.VideoCapture:
-    """Open the source with the FFmpeg backend (V4L2 for USB devices), with open/read timeouts.
-
-    With `decode="keyframes"` (files and streams) a PyAV KeyframeSource is returned instead, and
-    with `usb_mjpeg` an MjpegCapture when the device delivers MJPEG: both offer the same
-    grab/retrieve/read/get/release calls. `stop` interrupts a keyframe source's waits.
+def open_capture(settings: CaptureSettings, stop: threading.Event | None = None) -> FrameSource:
+    """Open the source as a :class:`FrameSource`: OpenCV's FFmpeg backend (V4L2 for USB devices)
+    with open/read timeouts, a PyAV KeyframeSource with `decode="keyframes"` (files and streams),
+    an MjpegCapture with `usb_mjpeg` when the device delivers MJPEG. `stop` interrupts a keyframe
+    source's waits.
     """
     src = settings.source
     os.environ.setdefault(_FFMPEG_OPTIONS_ENV, _FFMPEG_OPTIONS_DEFAULT)
@@ -105,7 +104,9 @@ def open_capture(settings: CaptureSettings, stop: threading.Event | None = None)
         cap = cv2.VideoCapture(src.device, cv2.CAP_V4L2)
         cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
         if settings.usb_mjpeg and cap.isOpened():
-            return wrap_usb_capture(cap, settings.name)
+            wrapped = wrap_usb_capture(cap, settings.name)
+            if isinstance(wrapped, MjpegCapture):
+                return wrapped
     else:
         if src.kind == "file" and not os.path.exists(src.uri):
             raise CaptureOpenError(f"video file not found: {src.display}")
@@ -113,7 +114,7 @@ def open_capture(settings: CaptureSettings, stop: threading.Event | None = None)
     if not cap.isOpened():
         cap.release()
         raise CaptureOpenError(f"cannot open {src.display}")
-    return cap
+    return OpenCvSource(cap)
 
 
 class Sampler:
@@ -156,7 +157,7 @@ class CameraWorker(threading.Thread):
 
     def __init__(self, settings: CaptureSettings, on_job: Callable[[FrameJob], None],
                  on_state: Callable[[str, str, str | None], None], stop: threading.Event,
-                 opener: Callable[[CaptureSettings], cv2.VideoCapture] | None = None):
+                 opener: Callable[[CaptureSettings], FrameSource] | None = None):
         super().__init__(name=f"camera-{settings.name}", daemon=True)
         self.settings = settings
         self.counters = CameraCounters()
@@ -226,12 +227,12 @@ class CameraWorker(threading.Thread):
             log.debug("camera %s: %s; next attempt in %.1f s", self.settings.name, why, delay)
         self.stop_event.wait(delay)
 
-    def _stream(self, cap: cv2.VideoCapture) -> bool:
+    def _stream(self, cap: FrameSource) -> bool:
         """Grab until the stream fails or stop is set; True when a looping file reached its end."""
         s = self.settings
         sampler = Sampler(s.sample_fps)
         is_file = s.source.kind == "file"
-        pacer = _FilePacer(cap) if is_file and not getattr(cap, "self_paced", False) else None
+        pacer = _FilePacer(cap) if is_file and not cap.self_paced else None
         first = True
         while not self.stop_event.is_set():
             if pacer is not None:
@@ -274,7 +275,7 @@ class CameraWorker(threading.Thread):
             if len(recent) > 256:
                 del recent[:128]
 
-    def _sample(self, cap: cv2.VideoCapture, captured_ns: int, captured_mono: float) -> None:
+    def _sample(self, cap: FrameSource, captured_ns: int, captured_mono: float) -> None:
         scaled = retrieve_scaled(cap, self.settings.max_side)
         if scaled is None:
             self.counters.grab_failures += 1
@@ -313,27 +314,19 @@ class CameraWorker(threading.Thread):
         self._on_state(self.settings.name, state, detail)
 
 
-def retrieve_scaled(cap, max_side: int) -> ScaledFrame | None:
+def retrieve_scaled(cap: FrameSource, max_side: int) -> ScaledFrame | None:
     """The grabbed frame in BGR, longest side `max_side`, with its original size; None on failure.
 
-    Sources that can do better than decode + resize (keyframes: one swscale pass; MJPEG: scaled
-    JPEG decode) provide `retrieve_scaled` themselves.
+    Each source does it its own best way (OpenCV: decode + INTER_AREA; keyframes: one swscale
+    pass; MJPEG: scaled JPEG decode).
     """
-    own = getattr(cap, "retrieve_scaled", None)
-    if own is not None:
-        return own(max_side)
-    ok, frame = cap.retrieve()
-    if not ok or frame is None:
-        return None
-    h, w = frame.shape[:2]
-    small, scale = resize_to_max_side(frame, max_side)
-    return ScaledFrame(small, w, h, scale)
+    return cap.retrieve_scaled(max_side)
 
 
 class _FilePacer:
     """Plays a video file at its native frame rate, as a live camera would deliver it."""
 
-    def __init__(self, cap: cv2.VideoCapture):
+    def __init__(self, cap: FrameSource):
         fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
         self.interval_s = 1.0 / fps if 1.0 <= fps <= 240.0 else 0.04
         self._next = time.monotonic()
