@@ -303,7 +303,7 @@ def test_tolerant_parsing(server, client):
     assert dets[1].has_mask and dets[1].cls_id == 1 and dets[1].bbox == (1.5, 2.5, 3.5, 4.5)
     assert dets[2] == Detection("cat", 7, 0.8, None)  # classification: no box
     assert dets[3].keypoints == ((1.0, 2.0, 1.0), (3.5, 4.0, 0.0))
-    assert dets[4] == Detection(None, None, 0.3, None)
+    assert dets[4] == Detection(None, None, 0.3, None, broken=("keypoints",))  # counted as malformed
 
 
 def test_missing_latency_gives_an_empty_dict(server, client):

@@ -15,7 +15,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class FrameJob:
-    """One sampled frame, ready to upload. `scale` is uploaded size / original size."""
+    """One sampled frame, ready to upload. `scale` is uploaded size / original size; with a crop,
+    `offset_x`/`offset_y` are the uploaded region's top-left corner in original-frame pixels, so
+    original = uploaded / scale + offset."""
 
     camera: str
     frame_id: str
@@ -26,6 +28,8 @@ class FrameJob:
     scale: float
     jpeg: bytes
     encoded_mono: float = 0.0
+    offset_x: float = 0.0
+    offset_y: float = 0.0
 
 
 def fit_size(width: int, height: int, max_side: int) -> tuple[int, int, float]:

@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from focoos_edge.capture.encode import FrameJob, JpegEncoder
+from focoos_edge.capture.frameprep import FramePrep, ModelImSize
 from focoos_edge.capture.keyframes import KeyframeOpenError, KeyframeUnavailableError, open_keyframes
 from focoos_edge.capture.mjpeg import MjpegCapture, wrap_usb_capture
 from focoos_edge.capture.motion import InferenceBudget, SceneGate
@@ -52,7 +53,7 @@ class CaptureSettings:
     name: str
     source: Source
     sample_fps: float
-    max_side: int
+    max_side: int | None  # None: "auto", the model's im_size (ModelImSize)
     jpeg_quality: int
     loop: bool = True
     open_timeout_s: float = 10.0
@@ -66,6 +67,8 @@ class CaptureSettings:
     motion_threshold: float | None = None  # scene-change gate (mean abs grey diff); None = off
     motion_heartbeat_s: float = 60.0  # with the gate: a static scene is still sent this often
     max_inferences_per_hour: int | None = None  # None = no budget
+    privacy_masks: tuple = ()  # normalized polygons filled black before encoding
+    crop: tuple[float, float, float, float] | None = None  # normalized region uploaded alone
 
     def __post_init__(self) -> None:
         if self.decode not in (DECODE_ALL, DECODE_KEYFRAMES):
@@ -157,7 +160,8 @@ class CameraWorker(threading.Thread):
 
     def __init__(self, settings: CaptureSettings, on_job: Callable[[FrameJob], None],
                  on_state: Callable[[str, str, str | None], None], stop: threading.Event,
-                 opener: Callable[[CaptureSettings], FrameSource] | None = None):
+                 opener: Callable[[CaptureSettings], FrameSource] | None = None,
+                 im_size: ModelImSize | None = None):
         super().__init__(name=f"camera-{settings.name}", daemon=True)
         self.settings = settings
         self.counters = CameraCounters()
@@ -169,6 +173,8 @@ class CameraWorker(threading.Thread):
         self.stop_event = stop
         self._opener = opener or (lambda s: open_capture(s, stop))
         self._encoder = JpegEncoder()
+        self._prep = FramePrep(settings.privacy_masks, settings.crop)
+        self._im_size = im_size or ModelImSize()
         self._gate = (SceneGate(settings.motion_threshold, settings.motion_heartbeat_s)
                       if settings.motion_threshold is not None else None)
         self._budget = (InferenceBudget(settings.max_inferences_per_hour)
@@ -275,20 +281,28 @@ class CameraWorker(threading.Thread):
             if len(recent) > 256:
                 del recent[:128]
 
+    @property
+    def max_side(self) -> int:
+        """The upload's longest side: the configured one, or the model's im_size (auto)."""
+        return self.settings.max_side or self._im_size.side
+
     def _sample(self, cap: FrameSource, captured_ns: int, captured_mono: float) -> None:
-        scaled = retrieve_scaled(cap, self.settings.max_side)
+        max_side = self.max_side
+        scaled = retrieve_scaled(cap, self._prep.source_side(max_side))
         if scaled is None:
             self.counters.grab_failures += 1
             return
-        if not self._admit(scaled.image):
+        prepared = self._prep.apply(scaled, max_side)  # privacy masks first: nothing leaves unmasked
+        if not self._admit(prepared.image):
             return
-        jpeg = self._encoder.encode(scaled.image, self.settings.jpeg_quality)
+        jpeg = self._encoder.encode(prepared.image, self.settings.jpeg_quality)
         done = time.monotonic()
         self.counters.sampled += 1
         self._on_job(FrameJob(
             camera=self.settings.name, frame_id=f"{self.settings.name}-{captured_ns}",
             captured_at_ns=captured_ns, captured_mono=captured_mono, width=scaled.width,
-            height=scaled.height, scale=scaled.scale, jpeg=jpeg, encoded_mono=done,
+            height=scaled.height, scale=prepared.scale, jpeg=jpeg, encoded_mono=done,
+            offset_x=prepared.offset_x, offset_y=prepared.offset_y,
         ))
 
     def _admit(self, image: np.ndarray) -> bool:

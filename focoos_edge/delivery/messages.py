@@ -48,10 +48,18 @@ class Topics:
         return f"{self.base}/{camera}/state"
 
 
-def detection_dict(label: str | None, cls_id: int | None, conf: float, bbox: Sequence[float] | None) -> dict:
-    """One entry of the `detections` list."""
+def detection_dict(label: str | None, cls_id: int | None, conf: float, bbox: Sequence[float] | None,
+                   mask: Sequence[Sequence[Sequence[float]]] | None = None,
+                   keypoints: Sequence[Sequence[float]] | None = None) -> dict:
+    """One entry of the `detections` list; `mask` (polygons of [x, y]) and `keypoints` ([x, y,
+    score] each), in original-frame pixels, only when given (optional fields of v1.1)."""
     out: dict[str, Any] = {"label": label, "cls_id": cls_id, "conf": round(float(conf), 4)}
     out["bbox"] = None if bbox is None else [round(float(v), 1) for v in bbox]
+    if mask:
+        out["mask"] = [[[round(float(x), 1), round(float(y), 1)] for x, y in poly] for poly in mask]
+    if keypoints:
+        out["keypoints"] = [[round(float(p[0]), 1), round(float(p[1]), 1), round(float(p[2]), 4)]
+                            for p in keypoints]
     return out
 
 

@@ -34,7 +34,9 @@ CREATE TABLE IF NOT EXISTS frames (
     attempts INTEGER NOT NULL DEFAULT 0,
     bytes INTEGER NOT NULL,
     crc32 INTEGER NOT NULL,
-    jpeg BLOB NOT NULL
+    jpeg BLOB NOT NULL,
+    offset_x REAL NOT NULL DEFAULT 0,
+    offset_y REAL NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -88,11 +90,20 @@ def connect(path: Path, budget: Budget) -> sqlite3.Connection:
         if check != "ok":
             raise sqlite3.DatabaseError(f"quick_check: {check}")
         db.executescript(SCHEMA)
+        _add_crop_offsets(db)
         db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
     except sqlite3.DatabaseError:
         db.close()
         raise
     return db
+
+
+def _add_crop_offsets(db: sqlite3.Connection) -> None:
+    """Spools written before crops existed lack the offset columns: add them (0 = no crop)."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(frames)")}
+    for name in ("offset_x", "offset_y"):
+        if name not in columns:
+            db.execute(f"ALTER TABLE frames ADD COLUMN {name} REAL NOT NULL DEFAULT 0")
 
 
 def _configure(db: sqlite3.Connection, b: Budget) -> None:

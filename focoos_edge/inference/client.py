@@ -11,7 +11,6 @@ are re-exported here.
 
 from __future__ import annotations
 
-import dataclasses
 import http.client
 import http.cookiejar
 import logging
@@ -40,6 +39,7 @@ from focoos_edge.inference.errors import (
     RateLimitedError,
     TransientError,
 )
+from focoos_edge.inference.geometry import map_to_frame
 from focoos_edge.inference.parse import (  # noqa: F401 - some names re-exported
     READY_STATUSES,
     Detection,
@@ -275,29 +275,9 @@ def format_threshold(threshold: float) -> str:
 
 
 def scale_detections(dets: Iterable[Detection], scale: float, width: int, height: int) -> tuple[Detection, ...]:
-    """Map boxes (and keypoints) from uploaded-image pixels back to original-frame pixels.
+    """Map detections from uploaded-image pixels back to original-frame pixels (no crop offset).
 
-    ``scale`` is uploaded size / original size, so coordinates are divided by it, then clipped to
-    ``[0, width] x [0, height]`` and rounded to 1 decimal. Detections without a box pass unchanged.
+    Kept for callers of the old signature; :func:`focoos_edge.inference.geometry.scale_detections`
+    takes the FrameJob (scale, crop offset, size) and is what the daemon uses.
     """
-    if isinstance(scale, bool) or not (math.isfinite(scale) and scale > 0):
-        raise ValueError("scale must be a positive finite number")
-
-    def x(v: float) -> float:
-        return _clip(v / scale, width)
-
-    def y(v: float) -> float:
-        return _clip(v / scale, height)
-
-    out = []
-    for det in dets:
-        bbox = None if det.bbox is None else (x(det.bbox[0]), y(det.bbox[1]), x(det.bbox[2]), y(det.bbox[3]))
-        keypoints = None if det.keypoints is None else tuple(
-            (x(p[0]), y(p[1]), *p[2:]) for p in det.keypoints
-        )
-        out.append(dataclasses.replace(det, bbox=bbox, keypoints=keypoints))
-    return tuple(out)
-
-
-def _clip(value: float, upper: float) -> float:
-    return round(min(max(value, 0.0), float(upper)), 1) + 0.0  # + 0.0 turns -0.0 into 0.0
+    return map_to_frame(dets, scale=scale, width=width, height=height)

@@ -25,6 +25,7 @@ from focoos_edge.inference.client import (
     FocoosError,
     InferenceResult,
     MalformedResponseError,
+    ModelInfo,
     ModelNotFoundError,
     RateLimitedError,
 )
@@ -186,8 +187,10 @@ class Uplink:
     def __init__(self, client: FocoosClient, model_ref: str, routes: dict[str, CameraRoute],
                  queue: LiveQueue, spool: Spool, on_result: Callable[[FrameJob, InferenceResult, Delivery], None],
                  health: InferenceHealth, stop: threading.Event, default_route: CameraRoute,
-                 max_in_flight: int = 4, max_attempts: int = 3, probe_interval_s: float = 60.0):
+                 max_in_flight: int = 4, max_attempts: int = 3, probe_interval_s: float = 60.0,
+                 on_model: Callable[[ModelInfo], None] | None = None):
         self.client = client
+        self._on_model = on_model or (lambda info: None)
         self.default_route = default_route
         self.model_ref = model_ref
         self.routes = routes
@@ -246,6 +249,7 @@ class Uplink:
     def _probe_loop(self) -> None:
         """Fetch model info at start (retrying transient errors); re-probe while uploads are paused."""
         backoff = Backoff(1.0, self.probe_interval_s, jitter="equal")
+        not_ready = Backoff(2.0, self.probe_interval_s, jitter="equal")  # a model still training
         while not self._stop.is_set():
             if self.model_info is not None and not self.health.paused.is_set():
                 self._stop.wait(1.0)
@@ -253,7 +257,11 @@ class Uplink:
             try:
                 self._check_model()
                 backoff.reset()
-                if self.health.paused.is_set():  # still paused (model not ready): not in a loop
+                if self.health.state == MODEL_NOT_READY:
+                    self._stop.wait(not_ready.next_delay())
+                    continue
+                not_ready.reset()
+                if self.health.paused.is_set():  # still paused: not in a loop
                     self._stop.wait(self.probe_interval_s)
             except FocoosError as exc:
                 self._note_error(None, exc)
@@ -262,14 +270,17 @@ class Uplink:
     def _check_model(self) -> None:
         info = self.client.model_info(self.model_ref)
         self.model_info = info
-        log.info("model %s: task=%s status=%s classes=%d", info.ref, info.task, info.status,
-                 len(info.classes))
+        log.info("model %s: task=%s status=%s classes=%d im_size=%s", info.ref, info.task, info.status,
+                 len(info.classes), info.im_size)
+        self._on_model(info)
         if info.ready:
             self.health.set(OK)
         else:
-            log.warning("model %s is not ready for inference (status %s); trying anyway",
-                        self.model_ref, info.status)
-            self.health.set(MODEL_NOT_READY, f"status {info.status}")
+            # Frames wait in the spool (not sent, not dropped) until the model is ready.
+            if self.health.state != MODEL_NOT_READY:
+                log.warning("model %s is not ready for inference (status %s); frames are spooled and "
+                            "the model re-checked with backoff", self.model_ref, info.status)
+            self.health.set(MODEL_NOT_READY, f"status {info.status}", pause=True)
 
     # -- workers ------------------------------------------------------------------
     def _worker(self, may_drain_backlog: bool) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import sqlite3
 import threading
 import time
@@ -10,6 +11,7 @@ from collections import Counter
 
 from focoos_edge import __version__
 from focoos_edge.capture.encode import FrameJob, JpegEncoder
+from focoos_edge.capture.frameprep import ModelImSize
 from focoos_edge.capture.worker import CameraWorker, CaptureSettings
 from focoos_edge.config.models import Config, ConfigError, load_config
 from focoos_edge.delivery.messages import (
@@ -23,7 +25,9 @@ from focoos_edge.delivery.messages import (
 )
 from focoos_edge.delivery.publisher import MqttSettings, Publisher
 from focoos_edge.delivery.spool import Spool, SpoolError
-from focoos_edge.inference.client import FocoosClient, InferenceResult, scale_detections
+from focoos_edge.inference.client import FocoosClient, InferenceResult, ModelInfo
+from focoos_edge.inference.geometry import scale_detections
+from focoos_edge.inference.masks import trace_masks
 from focoos_edge.inference.uplink import CameraRoute, Delivery, InferenceHealth, LiveQueue, Uplink
 from focoos_edge.service.logs import set_level
 from focoos_edge.service.metrics import MetricsServer
@@ -53,11 +57,12 @@ def capture_settings(cam) -> CaptureSettings:
     """Capture settings of one `cameras[]` entry."""
     return CaptureSettings(
         name=cam.name, source=cam.parsed_source, sample_fps=cam.sample_fps,
-        max_side=cam.max_side, jpeg_quality=cam.jpeg_quality, loop=cam.loop,
+        max_side=cam.fixed_max_side, jpeg_quality=cam.jpeg_quality, loop=cam.loop,
         open_timeout_s=cam.open_timeout_s, read_timeout_s=cam.read_timeout_s,
         decode=cam.decode, decode_threads=cam.decode_threads, usb_mjpeg=cam.usb_mjpeg,
         motion_threshold=cam.motion_threshold, motion_heartbeat_s=cam.motion_heartbeat_s,
         max_inferences_per_hour=cam.max_inferences_per_hour,
+        privacy_masks=cam.privacy_masks, crop=cam.crop,
     )
 
 
@@ -96,10 +101,11 @@ class Daemon:
         self.queue = LiveQueue(per_camera=1)
         self.health = InferenceHealth(self._on_inference_state)
         self.cameras = {cam.name: cam for cam in config.cameras}
+        self.im_size = ModelImSize()  # learnt from the model info; sizes the uploads of max_side: auto
         self.uplink = Uplink(self._make_client(config), inf.model_ref, self._routes(config), self.queue,
                              self.spool, self._on_result, self.health, stop,
                              default_route=CameraRoute(threshold=inf.threshold), max_in_flight=inf.max_in_flight,
-                             probe_interval_s=inf.recheck_interval_s)
+                             probe_interval_s=inf.recheck_interval_s, on_model=self._on_model)
         self.workers: dict[str, CameraWorker] = {}
         self.metrics: MetricsServer | None = None
         self.reloads = 0
@@ -172,7 +178,8 @@ class Daemon:
         self.spool.close()
 
     def _start_camera(self, cam) -> None:
-        worker = CameraWorker(capture_settings(cam), self._on_job, self._on_camera_state, threading.Event())
+        worker = CameraWorker(capture_settings(cam), self._on_job, self._on_camera_state, threading.Event(),
+                              im_size=self.im_size)
         self.workers[cam.name] = worker
         self._on_camera_state(cam.name, worker.state, None)
         worker.start()
@@ -307,12 +314,27 @@ class Daemon:
         self.publisher.set_state(self.topics.inference, inference_state_payload(
             state, time.time(), self.config.inference.model_ref, detail))
 
+    def _on_model(self, info: ModelInfo) -> None:
+        """The model info arrived (at start, and after every re-check): size the uploads."""
+        self.im_size.set(info.im_size)
+        for cam in self.config.cameras:
+            side = cam.fixed_max_side
+            log.info("camera %s: uploads %d px on the long side (%s)", cam.name, side or self.im_size.side,
+                     "max_side" if side else f"auto: the model's im_size {info.im_size}" if info.im_size
+                     else f"auto: the model gives no im_size, default {self.im_size.side}")
+
     def _on_result(self, job: FrameJob, result: InferenceResult, delivery: Delivery) -> None:
         cam = self.cameras.get(job.camera)  # None: spooled by a camera since removed from the config
         threshold = self.config.threshold_for(cam) if cam else self.config.inference.threshold
-        kept = [d for d in scale_detections(result.detections, job.scale, job.width, job.height)
+        mapped = scale_detections(trace_masks(
+            result.detections, polygons=cam is None or cam.masks == "polygons",
+            upload_w=math.ceil(job.width * job.scale), upload_h=math.ceil(job.height * job.scale)), job)
+        kept = [d for d in mapped
                 if keeps(d.label, d.conf, cam.labels if cam else None, threshold, cam.thresholds if cam else None)]
-        dets = [detection_dict(d.label, d.cls_id, d.conf, d.bbox) for d in kept]
+        if broken := sum(1 for d in mapped if d.broken):
+            self.uplink.counters[job.camera].errors["malformed_mask"] += broken
+        dets = [detection_dict(d.label, d.cls_id, d.conf, d.bbox, mask=d.mask, keypoints=d.keypoints)
+                for d in kept]
         now_ns = time.time_ns()
         # A message built while the broker is down waits in the outbox: it is replayed as well.
         replayed = delivery.replayed or not self.publisher.connected.is_set()
