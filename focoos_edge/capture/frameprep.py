@@ -25,6 +25,7 @@ from focoos_edge.capture.source import ScaledFrame
 
 Polygon = Sequence[Sequence[float]]
 Crop = Sequence[float]
+FULL_SIZE = 1 << 16  # a longest side no frame reaches: no downscale
 DEFAULT_IM_SIZE = 640  # the upload size when max_side is auto and the model does not say
 
 
@@ -101,8 +102,8 @@ class FramePrep:
         if self.crop is None:
             return max_side
         x1, y1, x2, y2 = self.crop
-        if self._last_size is None:  # first frame: the sizes are not known yet
-            return math.ceil(max_side / max(x2 - x1, y2 - y1))
+        if self._last_size is None:  # first frame: size unknown, take it whole (once)
+            return FULL_SIZE
         w, h = self._last_size
         return math.ceil(max_side * max(w, h) / max((x2 - x1) * w, (y2 - y1) * h))
 
