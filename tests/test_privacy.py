@@ -7,6 +7,7 @@ import httpfault
 import numpy as np
 import pytest
 from daemon_infra import KEY, TOPIC, daemon_command, daemon_config, stop_daemon
+from procs import wait_until
 
 MASK = [[0.0, 0.0], [0.5, 0.0], [0.5, 0.5], [0.0, 0.5]]  # the top-left quarter
 CROP = [0.5, 0.0, 1.0, 1.0]  # the right half
@@ -49,12 +50,18 @@ def test_masked_cropped_and_auto_sized_uploads(marker_clip, mosquitto, mqtt_sub,
         config = daemon_config(tmp_path, api_url=server.url, mqtt_port=mosquitto.port, api_key=KEY, cameras=[
             {"name": "masked", "source": source, "sample_fps": 2, "privacy_masks": [MASK],
              "snapshot": {"min_interval_s": 0}},
-            {"name": "cropped", "source": source, "sample_fps": 2, "crop": CROP}])
+            {"name": "cropped", "source": source, "sample_fps": 2, "crop": CROP, "labels": ["person", "preson"]}])
         daemon = spawn(daemon_command(config), name="daemon")
         cropped = sub.wait_for(lambda m: m.topic == f"{TOPIC}/cropped/detections", 60, "cropped result").json()
         snap = sub.wait_for(lambda m: m.topic == f"{TOPIC}/masked/snapshot", 60, "snapshot").payload_bytes
+        state = sub.wait_for(lambda m: m.topic == f"{TOPIC}/inference" and m.json()["state"] == "ok", 10, "ok")
         uploads = _uploads(server)
         stop_daemon(daemon, sub)
+
+    # A label the model lacks is reported, with the closest class, in the retained inference state.
+    assert state.json()["config_warnings"] == [
+        "camera cropped: labels: 'preson' is not a class of model local-aruco (closest: person)"]
+    assert "'preson' is not a class" in daemon.stderr_text()
 
     # max_side: auto -> the model's im_size (512) on the long side, for both cameras.
     full = [u for u in uploads if u.shape[:2] == (288, 512)]
@@ -76,3 +83,34 @@ def test_masked_cropped_and_auto_sized_uploads(marker_clip, mosquitto, mqtt_sub,
     h, w = shot.shape[:2]
     quarter = shot[:int(h * 0.48), :int(w * 0.48)]
     assert quarter.max() <= 16 and shot[int(h * 0.52):, :int(w * 0.48)].mean() > 60
+
+
+def test_a_model_that_is_not_ready_gets_no_frames_until_it_is(marker_clip, mosquitto, mqtt_sub, spawn, tmp_path):
+    """model_not_ready: frames are spooled (no upload, none dropped), the model re-checked with backoff,
+    and the spooled frames are sent once it is ready."""
+    status = {"now": "TRAINING_RUNNING"}
+
+    def run(h) -> None:
+        if h.command == "GET":
+            return httpfault.json(200, {"ref": "local-aruco", "task": "detection", "status": status["now"],
+                                        "classes": ["person"], "im_size": 320})(h)
+        httpfault.json(200, {"detections": [{"bbox": [1, 1, 9, 9], "conf": 0.9, "cls_id": 0, "label": "person"}]})(h)
+
+    with httpfault.FaultServer() as server:
+        server.default = run
+        sub = mqtt_sub(mosquitto.port, "focoos/#")
+        config = daemon_config(tmp_path, api_url=server.url, mqtt_port=mosquitto.port, cameras=[
+            {"name": "cam", "source": f"file://{marker_clip.path}", "sample_fps": 4}])
+        daemon = spawn(daemon_command(config), name="daemon")
+        sub.wait_for(lambda m: m.topic == f"{TOPIC}/inference" and m.json()["state"] == "model_not_ready", 30,
+                     "model_not_ready")
+        sub.wait_for(lambda m: m.topic == f"{TOPIC}/stats" and m.json()["cameras"]["cam"]["spooled"] >= 3, 30,
+                     "frames spooled")
+        wait_until(lambda: len([r for r in server.requests if r.method == "GET"]) >= 2, 20)  # re-checked
+        assert not [r for r in server.requests if r.method == "POST"]
+        status["now"] = "DEPLOYED"
+        replayed = sub.wait_for(lambda m: m.topic == f"{TOPIC}/cam/detections" and m.json()["replayed"], 60,
+                                "a spooled frame sent once the model is ready").json()
+        final = stop_daemon(daemon, sub)
+    assert replayed["detections"][0]["label"] == "person"
+    assert final["cameras"]["cam"]["evicted"] == final["cameras"]["cam"]["dead_lettered"] == 0

@@ -122,11 +122,14 @@ def camera_state_payload(state: str, since_s: float, fps: float, detail: str | N
     return out
 
 
-def inference_state_payload(state: str, since_s: float, model_ref: str, detail: str | None = None) -> dict:
-    """Retained inference-link state."""
+def inference_state_payload(state: str, since_s: float, model_ref: str, detail: str | None = None,
+                            config_warnings: Sequence[str] = ()) -> dict:
+    """Retained inference-link state; `config_warnings` (v1.1) only when there are some."""
     out: dict[str, Any] = {"v": PAYLOAD_VERSION, "state": state, "since": iso_utc(since_s), "model_ref": model_ref}
     if detail:
         out["detail"] = detail
+    if config_warnings:
+        out["config_warnings"] = list(config_warnings)
     return out
 
 

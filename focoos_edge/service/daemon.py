@@ -13,6 +13,7 @@ from focoos_edge import __version__
 from focoos_edge.capture.encode import FrameJob, JpegEncoder
 from focoos_edge.capture.frameprep import ModelImSize
 from focoos_edge.capture.worker import CameraWorker, CaptureSettings
+from focoos_edge.config.classcheck import class_warnings, label_references
 from focoos_edge.config.models import Config, ConfigError, load_config
 from focoos_edge.delivery.messages import (
     Topics,
@@ -102,6 +103,7 @@ class Daemon:
         self.health = InferenceHealth(self._on_inference_state)
         self.cameras = {cam.name: cam for cam in config.cameras}
         self.im_size = ModelImSize()  # learnt from the model info; sizes the uploads of max_side: auto
+        self.config_warnings: list[str] = []  # labels naming classes the model lacks
         self.uplink = Uplink(self._make_client(config), inf.model_ref, self._routes(config), self.queue,
                              self.spool, self._on_result, self.health, stop,
                              default_route=CameraRoute(threshold=inf.threshold), max_in_flight=inf.max_in_flight,
@@ -248,6 +250,8 @@ class Daemon:
             if name not in self.workers:
                 self._start_camera(cam)
         self.features.configure(self.config)
+        if self.uplink.model_info is not None:  # labels may have changed: check them again
+            self._on_model(self.uplink.model_info)
         self.reloads += 1
         log.info("reload %d applied: %d camera(s): %s", self.reloads, len(new_cams), ", ".join(new_cams))
         return True
@@ -312,11 +316,17 @@ class Daemon:
 
     def _on_inference_state(self, state: str, detail: str | None) -> None:
         self.publisher.set_state(self.topics.inference, inference_state_payload(
-            state, time.time(), self.config.inference.model_ref, detail))
+            state, time.time(), self.config.inference.model_ref, detail, self.config_warnings))
 
     def _on_model(self, info: ModelInfo) -> None:
-        """The model info arrived (at start, and after every re-check): size the uploads."""
+        """The model info arrived (at start, and after every re-check): size the uploads, check the
+        config's labels against the model's classes."""
         self.im_size.set(info.im_size)
+        warnings = class_warnings(label_references(self.config), info.classes, info.ref)
+        if warnings != self.config_warnings:
+            for line in warnings:
+                log.warning("config: %s", line)
+            self.config_warnings = warnings
         for cam in self.config.cameras:
             side = cam.fixed_max_side
             log.info("camera %s: uploads %d px on the long side (%s)", cam.name, side or self.im_size.side,
