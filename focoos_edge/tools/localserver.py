@@ -30,7 +30,16 @@ import cv2
 import numpy as np
 
 # Re-exported: tests and the demo import the marker helpers from here.
-from focoos_edge.tools.aruco import CLASSES, NUM_MARKER_IDS, detect_markers, draw_markers, new_detector  # noqa: F401 - some names re-exported
+from focoos_edge.tools.account import Quota, account_payload
+from focoos_edge.tools.aruco import (  # noqa: F401 - some names re-exported
+    CLASSES,
+    DETECTION,
+    MODEL_TASKS,
+    NUM_MARKER_IDS,
+    detect_markers,
+    draw_markers,
+    new_detector,
+)
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +107,15 @@ class LocalServer:
     """A Focoos-compatible HTTP server on ``host:port`` (port 0 picks a free port).
 
     ``api_key=None`` accepts any non-blank key. ``latency_s`` delays every inference reply to
-    simulate a cloud round trip. ``models`` are the refs served; all run the ArUco detector.
+    simulate a cloud round trip. ``models`` are the refs served; all run the ArUco detector, and
+    answer as their task in ``aruco.MODEL_TASKS`` does (detection for any other ref): ``local-aruco-seg``
+    adds masks and keypoints, ``local-aruco-kp`` keypoints, ``local-aruco-cls`` classifies. ``im_size``
+    is what the model info says; ``quota`` meters inference (refused with 429 once used up).
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT, api_key: str | None = None,
-                 latency_s: float = 0.0, models: tuple[str, ...] = (DEFAULT_MODEL_REF,)) -> None:
+                 latency_s: float = 0.0, models: tuple[str, ...] = tuple(MODEL_TASKS),
+                 im_size: int | list[int] = MODEL_IM_SIZE, quota: Quota | None = None) -> None:
         if latency_s < 0:
             raise ValueError("latency_s must be >= 0")
         if not models:
@@ -112,6 +125,8 @@ class LocalServer:
         self._api_key = api_key.encode("utf-8") if api_key else None
         self._latency_s = latency_s
         self._models = tuple(models)
+        self._im_size = im_size
+        self.quota = quota or Quota()
         self._created_at = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         self._stopping = threading.Event()
         self._httpd: _HTTPServer | None = None
@@ -220,22 +235,22 @@ class LocalServer:
         return handler() if method == allowed else (405, {"detail": "Method Not Allowed"})
 
     def _list_models(self) -> tuple[int, list[dict]]:
-        return 200, [{"ref": ref, "name": ref, "task": "detection", "status": "TRAINING_COMPLETED",
+        return 200, [{"ref": ref, "name": ref, "task": MODEL_TASKS.get(ref, DETECTION),
+                      "status": "TRAINING_COMPLETED",
                       "description": MODEL_DESCRIPTION, "focoos_model": ref} for ref in self._models]
 
     def _model_info(self, ref: str) -> tuple[int, dict]:
         if ref not in self._models:
             return 404, {"detail": "Model not found"}
         return 200, {
-            "ref": ref, "name": ref, "task": "detection", "status": "TRAINING_COMPLETED",
-            "description": MODEL_DESCRIPTION, "classes": list(CLASSES), "im_size": MODEL_IM_SIZE,
+            "ref": ref, "name": ref, "task": MODEL_TASKS.get(ref, DETECTION), "status": "TRAINING_COMPLETED",
+            "description": MODEL_DESCRIPTION, "classes": list(CLASSES), "im_size": self._im_size,
             "is_managed": False, "owner_ref": "local", "focoos_model": ref, "model_family": "opencv_aruco",
             "created_at": self._created_at, "updated_at": self._created_at,
         }
 
     def _user(self) -> tuple[int, dict]:
-        return 200, {"email": "local@localhost",
-                     "quotas": {"total_inferences": self.stats.inferences, "max_inferences": None}}
+        return 200, account_payload(self.quota, self._created_at)
 
     def _detector(self) -> cv2.aruco.ArucoDetector:
         detector = getattr(self._detectors, "detector", None)
@@ -257,9 +272,12 @@ class LocalServer:
         if image is None:
             return 400, {"detail": "Invalid image: cannot decode the uploaded file"}
         decoded = time.perf_counter()
+        if not self.quota.spend():
+            used, maximum = self.quota.snapshot()
+            return 429, {"detail": f"Inference quota exhausted ({used} of {maximum} used)"}
         grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
         preprocessed = time.perf_counter()
-        found = detect_markers(self._detector(), grey)
+        found = detect_markers(self._detector(), grey, MODEL_TASKS.get(ref, DETECTION))
         inferred = time.perf_counter()
         detections = [d for d in found if d["conf"] > threshold]
         done = time.perf_counter()
@@ -376,6 +394,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "command lines are visible to other users); if unset any non-blank key works")
     parser.add_argument("--latency-ms", type=float, default=0.0,
                         help="extra delay before each inference reply, to simulate a cloud round trip")
+    parser.add_argument("--quota", default=None, metavar="USED:MAX",
+                        help="inference quota of the account (GET user/); inference past it is refused (429)")
+    parser.add_argument("--im-size", type=int, default=MODEL_IM_SIZE,
+                        help=f"the models' im_size in their info (default {MODEL_IM_SIZE})")
 
 
 def run_from_args(args: argparse.Namespace, stop_event: threading.Event) -> int:
@@ -384,7 +406,13 @@ def run_from_args(args: argparse.Namespace, stop_event: threading.Event) -> int:
     if args.latency_ms < 0:
         log.error("--latency-ms must be >= 0")
         return 1
-    server = LocalServer(host=args.host, port=args.port, api_key=api_key, latency_s=args.latency_ms / 1000.0)
+    try:
+        quota = Quota.parse(args.quota) if args.quota else None
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 1
+    server = LocalServer(host=args.host, port=args.port, api_key=api_key, latency_s=args.latency_ms / 1000.0,
+                         im_size=args.im_size, quota=quota)
     try:
         server.start()
     except (OSError, OverflowError) as exc:  # OverflowError: port outside 0..65535
