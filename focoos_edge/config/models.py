@@ -151,6 +151,9 @@ class InferenceConfig(_Model):
     recheck_interval_s: float = Field(
         60, ge=1, le=3600, description="While uploads are paused by a rejected key or an unknown model, "
                                        "the model is checked again this often.")
+    quota_check_interval_s: float = Field(
+        600, ge=1, le=86400, description="The account's inference quota (GET user/) is read at start and "
+                                         "then at most this often (default: every 10 minutes).")
 
     @field_validator("api_url")
     @classmethod

@@ -50,6 +50,7 @@ from focoos_edge.inference.parse import (  # noqa: F401 - some names re-exported
     parse_model_info,
     parse_retry_after,
 )
+from focoos_edge.inference.quota import AccountQuota, parse_account
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,13 @@ class FocoosClient:
         if status != 200:
             raise self._status_error(status, body, headers, model_ref)
         return parse_model_info(body, model_ref)
+
+    def account_quota(self) -> AccountQuota:
+        """``GET user/``: the account's inference quota (its e-mail and key are not read)."""
+        status, body, headers = self._request("GET", "user/")
+        if status != 200:
+            raise self._status_error(status, body, headers, "user/")
+        return parse_account(body)
 
     def infer(self, model_ref: str, jpeg: bytes, threshold: float) -> InferenceResult:
         """Upload one JPEG for inference; boxes come back in the uploaded image's pixels."""

@@ -29,6 +29,7 @@ from focoos_edge.inference.client import (
     ModelNotFoundError,
     RateLimitedError,
 )
+from focoos_edge.inference.quota import QuotaWatch
 from focoos_edge.service.stats import HourlyRate
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 OK = "ok"
 STARTING = "starting"
 MODEL_NOT_READY = "model_not_ready"
+QUOTA_EXHAUSTED = "quota_exhausted"
 
 
 class LiveQueue:
@@ -188,8 +190,9 @@ class Uplink:
                  queue: LiveQueue, spool: Spool, on_result: Callable[[FrameJob, InferenceResult, Delivery], None],
                  health: InferenceHealth, stop: threading.Event, default_route: CameraRoute,
                  max_in_flight: int = 4, max_attempts: int = 3, probe_interval_s: float = 60.0,
-                 on_model: Callable[[ModelInfo], None] | None = None):
+                 on_model: Callable[[ModelInfo], None] | None = None, quota: QuotaWatch | None = None):
         self.client = client
+        self.quota = quota
         self._on_model = on_model or (lambda info: None)
         self.default_route = default_route
         self.model_ref = model_ref
@@ -251,7 +254,9 @@ class Uplink:
         backoff = Backoff(1.0, self.probe_interval_s, jitter="equal")
         not_ready = Backoff(2.0, self.probe_interval_s, jitter="equal")  # a model still training
         while not self._stop.is_set():
-            if self.model_info is not None and not self.health.paused.is_set():
+            self._quota_turn()
+            if self.health.state == QUOTA_EXHAUSTED or (
+                    self.model_info is not None and not self.health.paused.is_set()):
                 self._stop.wait(1.0)
                 continue
             try:
@@ -266,6 +271,24 @@ class Uplink:
             except FocoosError as exc:
                 self._note_error(None, exc)
                 self._stop.wait(backoff.next_delay() if exc.retryable else self.probe_interval_s)
+
+    def _quota_turn(self) -> None:
+        """Check the account's quota when due (at start, then at most every interval); a refusal
+        state the quota explains becomes quota_exhausted, and a quota with room again lets the
+        uplink try once more (the next frame is the probe)."""
+        if self.quota is None or not self.quota.refresh_if_due():
+            return
+        exhausted = self.quota.exhausted()
+        if exhausted and self.health.state in ("auth_failed", "rate_limited"):
+            self.health.set(QUOTA_EXHAUSTED, self._quota_detail(), pause=True)
+        elif not exhausted and self.health.state == QUOTA_EXHAUSTED:
+            log.info("inference: the account's quota has room again; trying the HUB again")
+            self.health.reset()
+
+    def _quota_detail(self) -> str:
+        last = self.quota.last if self.quota else None
+        used = f"{last.total_inferences} of {last.max_inferences}" if last else "all"
+        return f"the account's inference quota is used up ({used}); frames are spooled until it resets"
 
     def _check_model(self) -> None:
         info = self.client.model_info(self.model_ref)
@@ -392,6 +415,11 @@ class Uplink:
     def _note_error(self, camera: str | None, exc: FocoosError) -> None:
         if camera is not None:
             self.counters[camera].errors[exc.reason] += 1
+        if isinstance(exc, (AuthError, RateLimitedError)) and self.quota is not None and self.quota.exhausted():
+            if self.health.state != QUOTA_EXHAUSTED:
+                log.error("inference: refused (%s) and %s", exc.reason, self._quota_detail())
+            self.health.set(QUOTA_EXHAUSTED, self._quota_detail(), pause=True)
+            return
         pause = isinstance(exc, (AuthError, ModelNotFoundError))
         if self.health.state != exc.reason:
             log.error("inference: %s%s", exc, "; uploads paused, re-checking periodically" if pause else "")

@@ -29,6 +29,7 @@ from focoos_edge.delivery.spool import Spool, SpoolError
 from focoos_edge.inference.client import FocoosClient, InferenceResult, ModelInfo
 from focoos_edge.inference.geometry import scale_detections
 from focoos_edge.inference.masks import trace_masks
+from focoos_edge.inference.quota import QuotaWatch
 from focoos_edge.inference.uplink import CameraRoute, Delivery, InferenceHealth, LiveQueue, Uplink
 from focoos_edge.service.logs import set_level
 from focoos_edge.service.metrics import MetricsServer
@@ -107,7 +108,8 @@ class Daemon:
         self.uplink = Uplink(self._make_client(config), inf.model_ref, self._routes(config), self.queue,
                              self.spool, self._on_result, self.health, stop,
                              default_route=CameraRoute(threshold=inf.threshold), max_in_flight=inf.max_in_flight,
-                             probe_interval_s=inf.recheck_interval_s, on_model=self._on_model)
+                             probe_interval_s=inf.recheck_interval_s, on_model=self._on_model,
+                             quota=QuotaWatch(lambda: self.uplink.client.account_quota(), inf.quota_check_interval_s))
         self.workers: dict[str, CameraWorker] = {}
         self.metrics: MetricsServer | None = None
         self.reloads = 0
@@ -420,7 +422,13 @@ class Daemon:
                      "resent": pc.resent, "dropped": pc.dropped_queue_full},
             "spool": self.spool.stats(),
             "cameras": {cam: self._camera_stats(cam, acc) for cam, acc in self.accounting().items()},
+            **self._quota_stats(),
         }
+
+    def _quota_stats(self) -> dict:
+        """`quota` whenever the account endpoint answered (v1.1)."""
+        last = self.uplink.quota.last if self.uplink.quota else None
+        return {"quota": last.as_stats()} if last else {}
 
     def status_line(self) -> str:
         """One short line for `systemctl status`."""
