@@ -25,7 +25,7 @@ from focoos_edge.capture.source import ScaledFrame
 
 Polygon = Sequence[Sequence[float]]
 Crop = Sequence[float]
-FULL_SIZE = 1 << 16  # a longest side no frame reaches: no downscale
+FULL_SIZE = 1 << 16  # a longest side no frame reaches: no downscale before the crop
 DEFAULT_IM_SIZE = 640  # the upload size when max_side is auto and the model does not say
 
 
@@ -95,17 +95,12 @@ class FramePrep:
         self.privacy_masks = tuple(privacy_masks)
         self.crop = tuple(crop) if crop is not None else None
         self._cache: tuple[tuple[int, int], list[np.ndarray]] | None = None
-        self._last_size: tuple[int, int] | None = None
 
     def source_side(self, max_side: int) -> int:
-        """The longest side to ask the source for, so that the crop reaches ``max_side``."""
-        if self.crop is None:
-            return max_side
-        x1, y1, x2, y2 = self.crop
-        if self._last_size is None:  # first frame: size unknown, take it whole (once)
-            return FULL_SIZE
-        w, h = self._last_size
-        return math.ceil(max_side * max(w, h) / max((x2 - x1) * w, (y2 - y1) * h))
+        """The longest side to ask the source for. With a crop: the whole frame, so that only the
+        region is resized, once (a smaller frame first and the region again costs 3x as much:
+        scripts/bench.py, "crop")."""
+        return max_side if self.crop is None else FULL_SIZE
 
     def masks_for(self, width: int, height: int) -> list[np.ndarray]:
         """The pixel polygons for this frame size (computed once per size)."""
@@ -115,7 +110,6 @@ class FramePrep:
 
     def apply(self, frame: ScaledFrame, max_side: int) -> Prepared:
         """Mask (in place), crop and downscale ``frame`` to at most ``max_side``."""
-        self._last_size = (frame.width, frame.height)
         image = frame.image
         if self.privacy_masks:
             if not image.flags.writeable or not image.flags.c_contiguous:
