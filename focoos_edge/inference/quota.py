@@ -42,7 +42,9 @@ class AccountQuota:
     def low(self) -> bool:
         """True when less than 10 % of the quota is left."""
         m = self.max_inferences
-        return bool(m) and (m - self.total_inferences) < LOW_FRACTION * m
+        if not m:
+            return False
+        return (m - self.total_inferences) < LOW_FRACTION * m
 
     def as_stats(self) -> dict:
         """The ``quota`` object of the stats message."""
@@ -61,7 +63,8 @@ def parse_account(body: bytes, now: float | None = None) -> AccountQuota:
     maximum = quotas.get("max_inferences") if isinstance(quotas, dict) else None
     if not _count(total) or not (maximum is None or _count(maximum)):
         raise MalformedResponseError("malformed account reply: no quotas.total_inferences / max_inferences")
-    return AccountQuota(int(total), None if maximum is None else int(maximum), time.time() if now is None else now)
+    assert isinstance(total, int)  # checked by _count, for the type checker
+    return AccountQuota(total, maximum if isinstance(maximum, int) else None, time.time() if now is None else now)
 
 
 def _count(value: object) -> bool:
