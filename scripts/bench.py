@@ -199,7 +199,7 @@ def micro(b: Bench) -> list[tuple[str, str]]:
                                               cv2.resize(frame, (720, 405), interpolation=cv2.INTER_AREA))]:
         ref = cv2.resize(src, (640, 360), interpolation=cv2.INTER_AREA)
         for interp, label in [(cv2.INTER_AREA, "AREA"), (cv2.INTER_LINEAR, "LINEAR"), (cv2.INTER_NEAREST, "NEAREST")]:
-            ms = timed_ms(lambda: cv2.resize(src, (640, 360), interpolation=interp))
+            ms = timed_ms(lambda src=src, interp=interp: cv2.resize(src, (640, 360), interpolation=interp))
             psnr = cv2.PSNR(ref, cv2.resize(src, (640, 360), interpolation=interp))
             out.append((f"resize {name} {label}", f"{ms:.2f} ms, PSNR vs AREA {min(psnr, 99):.1f} dB"))
     dec = MjpegDecoder()
@@ -322,7 +322,7 @@ def print_report(rows: list[tuple], extra: list[tuple[str, str]], info: dict[str
     table += [(*r[:3], "-" if r[3] != r[3] else f"{r[3]:.2f}", *r[4:]) for r in rows]
     widths = [max(len(str(r[i])) for r in table) for i in range(6)]
     for i, r in enumerate(table):
-        print(" | ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+        print(" | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
         if i == 0:
             print("-+-".join("-" * w for w in widths))
     print("\nwithout a target:")

@@ -125,7 +125,7 @@ def test_keyframe_source_reads_rtsp_over_tcp_one_keyframe_per_gop(clips, rtsp_se
     assert scaled.image.shape == (180, 320, 3) and (scaled.width, scaled.height) == (640, 360)
     assert source.keyframes == 4
     # Between two keyframes the decoder saw a whole GOP of packets and output nothing else.
-    assert [b - a for a, b in zip(packets_at, packets_at[1:])] == [25, 25, 25]
+    assert [b - a for a, b in zip(packets_at, packets_at[1:], strict=False)] == [25, 25, 25]
 
 
 def test_keyframe_source_scaled_retrieve_matches_full_decode_and_resize(clips):
@@ -230,7 +230,7 @@ def test_budget_caps_each_sliding_hour_and_spreads_inferences():
         assert sum(1 for t in times if start <= t < start + 3600) <= 120
     first_hour = [t for t in times if t < 3600]
     assert first_hour[:2] == [0, 1]  # the burst
-    assert {b - a for a, b in zip(first_hour[1:], first_hour[2:])} == {30}  # then evenly spread
+    assert {b - a for a, b in zip(first_hour[1:], first_hour[2:], strict=False)} == {30}  # then evenly spread
     for start in range(0, 7200 - 600, 60):  # never more than a burst plus 10 minutes' worth
         assert sum(1 for t in times if start <= t < start + 600) <= 2 + 20
 

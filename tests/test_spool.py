@@ -585,7 +585,8 @@ def test_the_crash_checker_notices_a_lost_item(tmp_path: Path) -> None:
     for _ in range(20):
         _no_violations(harness.external_kill(max_lines=80))
         frames, msgs = read_spool_rows(harness.db)
-        lost_frames = sorted((harness.ledger.frames - harness.ledger.consuming - harness.ledger.dropping) & frames.keys())
+        ledger = harness.ledger
+        lost_frames = sorted((ledger.frames - ledger.consuming - ledger.dropping) & frames.keys())
         lost_notes = sorted(rid for rid in harness.ledger.notes.values() if rid in msgs)
         if lost_frames and lost_notes:
             break
@@ -648,7 +649,7 @@ def test_a_corrupt_database_is_moved_aside_and_a_fresh_one_used(db_path: Path, d
 def test_quarantine_never_overwrites_an_earlier_one(db_path: Path) -> None:
     """Two corrupt starts in the same second must keep both bad files (evidence for a post-mortem)."""
     quarantined = []
-    for round_ in range(3):
+    for _round in range(3):
         _filled_spool(db_path)
         _garbage(db_path)
         spool = Spool(db_path, max_bytes=16 * MIB, max_age_s=3600)

@@ -105,11 +105,13 @@ class Daemon:
         self.cameras = {cam.name: cam for cam in config.cameras}
         self.im_size = ModelImSize()  # learnt from the model info; sizes the uploads of max_side: auto
         self.config_warnings: list[str] = []  # labels naming classes the model lacks
+        self._upload_sides: dict[str, int] = {}  # logged upload size per camera
         self.uplink = Uplink(self._make_client(config), inf.model_ref, self._routes(config), self.queue,
                              self.spool, self._on_result, self.health, stop,
                              default_route=CameraRoute(threshold=inf.threshold), max_in_flight=inf.max_in_flight,
                              probe_interval_s=inf.recheck_interval_s, on_model=self._on_model,
-                             quota=QuotaWatch(lambda: self.uplink.client.account_quota(), inf.quota_check_interval_s))
+                             quota=QuotaWatch(lambda: self.uplink.client.account_quota(),
+                                              inf.quota_check_interval_s))
         self.workers: dict[str, CameraWorker] = {}
         self.metrics: MetricsServer | None = None
         self.reloads = 0
@@ -330,10 +332,12 @@ class Daemon:
                 log.warning("config: %s", line)
             self.config_warnings = warnings
         for cam in self.config.cameras:
-            side = cam.fixed_max_side
-            log.info("camera %s: uploads %d px on the long side (%s)", cam.name, side or self.im_size.side,
-                     "max_side" if side else f"auto: the model's im_size {info.im_size}" if info.im_size
-                     else f"auto: the model gives no im_size, default {self.im_size.side}")
+            side = cam.fixed_max_side or self.im_size.side
+            if self._upload_sides.get(cam.name) != side:  # once, not at every re-check of the model
+                self._upload_sides[cam.name] = side
+                log.info("camera %s: uploads %d px on the long side (%s)", cam.name, side,
+                         "max_side" if cam.fixed_max_side else f"auto: the model's im_size {info.im_size}"
+                         if info.im_size else "auto: the model gives no im_size, the default")
 
     def _on_result(self, job: FrameJob, result: InferenceResult, delivery: Delivery) -> None:
         cam = self.cameras.get(job.camera)  # None: spooled by a camera since removed from the config
