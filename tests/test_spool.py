@@ -783,7 +783,7 @@ EXPECTED_COLUMNS = {
     "meta": {"key": "TEXT", "value": "TEXT"},
     "frames": {"id": "INTEGER", "frame_id": "TEXT", "camera": "TEXT", "captured_at_ns": "INTEGER",
                "width": "INTEGER", "height": "INTEGER", "scale": "REAL", "attempts": "INTEGER",
-               "bytes": "INTEGER", "crc32": "INTEGER", "jpeg": "BLOB"},
+               "bytes": "INTEGER", "crc32": "INTEGER", "jpeg": "BLOB", "offset_x": "REAL", "offset_y": "REAL"},
     "outbox": {"id": "INTEGER", "camera": "TEXT", "topic": "TEXT", "qos": "INTEGER", "retain": "INTEGER",
                "created_at_ns": "INTEGER", "bytes": "INTEGER", "crc32": "INTEGER", "payload": "BLOB"},
 }
