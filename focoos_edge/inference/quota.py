@@ -15,12 +15,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from focoos_edge.delivery.messages import iso_utc
-from focoos_edge.inference.errors import FocoosError, MalformedResponseError
+from focoos_edge.inference.errors import AuthError, FocoosError, MalformedResponseError, RateLimitedError
 
 log = logging.getLogger(__name__)
 
+QUOTA_EXHAUSTED = "quota_exhausted"  # the inference state
+REFUSALS = ("auth_failed", "rate_limited")  # states a used-up quota explains
 CHECK_INTERVAL_S = 600.0  # never more often than this: the account endpoint is not ours to poll
 LOW_FRACTION = 0.10  # warn when less than this share of the quota is left
 
@@ -110,3 +113,43 @@ class QuotaWatch:
         with self._lock:
             self._last = quota
         return True
+
+    # -- what the uplink does with it ----------------------------------------------------------------
+    def explains(self, exc: FocoosError) -> bool:
+        """True when a refusal (401/403/429) comes while the last check showed the quota used up."""
+        return isinstance(exc, (AuthError, RateLimitedError)) and self.exhausted()
+
+    def detail(self) -> str:
+        """The inference state's detail for quota_exhausted."""
+        last = self.last
+        used = f"{last.total_inferences} of {last.max_inferences}" if last else "all"
+        return f"the account's inference quota is used up ({used}); frames are spooled until it resets"
+
+    def report(self, health: Health, exc: FocoosError) -> None:
+        """A refusal the quota explains: state quota_exhausted, uploads paused (frames spooled)."""
+        if health.state != QUOTA_EXHAUSTED:
+            log.error("inference: refused (%s) and %s", exc.reason, self.detail())
+        health.set(QUOTA_EXHAUSTED, self.detail(), pause=True)
+
+    def turn(self, health: Health) -> None:
+        """One turn of the uplink's probe loop: check the account when due; a refusal state the
+        quota explains becomes quota_exhausted, and a quota with room again lets the uplink try
+        once more (the next frame is the probe)."""
+        if not self.refresh_if_due():
+            return
+        exhausted = self.exhausted()
+        if exhausted and health.state in REFUSALS:
+            health.set(QUOTA_EXHAUSTED, self.detail(), pause=True)
+        elif not exhausted and health.state == QUOTA_EXHAUSTED:
+            log.info("inference: the account's quota has room again; trying the HUB again")
+            health.reset()
+
+
+class Health(Protocol):
+    """The part of uplink.InferenceHealth used here."""
+
+    state: str
+
+    def set(self, state: str, detail: str | None = None, pause: bool = False) -> None: ...
+
+    def reset(self) -> None: ...

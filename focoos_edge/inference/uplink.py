@@ -29,7 +29,7 @@ from focoos_edge.inference.client import (
     ModelNotFoundError,
     RateLimitedError,
 )
-from focoos_edge.inference.quota import QuotaWatch
+from focoos_edge.inference.quota import QUOTA_EXHAUSTED, QuotaWatch
 from focoos_edge.service.stats import HourlyRate
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 OK = "ok"
 STARTING = "starting"
 MODEL_NOT_READY = "model_not_ready"
-QUOTA_EXHAUSTED = "quota_exhausted"
 
 
 class LiveQueue:
@@ -202,7 +201,7 @@ class Uplink:
         self.health = health
         self.counters: defaultdict[str, UplinkCounters] = defaultdict(UplinkCounters)
         self.in_flight: Counter = Counter()  # camera -> frames being processed now
-        self.model_info = None
+        self.model_info: ModelInfo | None = None
         self.last_progress = time.monotonic()
         self._on_result = on_result
         self._stop = stop
@@ -230,7 +229,7 @@ class Uplink:
 
     def recheck_model(self) -> None:
         """Forget the model check and any pause (new credentials or model): the probe runs again."""
-        self.model_info = None
+        self.model_info: ModelInfo | None = None
         self._breaker.success()
         self.health.reset()
 
@@ -254,7 +253,8 @@ class Uplink:
         backoff = Backoff(1.0, self.probe_interval_s, jitter="equal")
         not_ready = Backoff(2.0, self.probe_interval_s, jitter="equal")  # a model still training
         while not self._stop.is_set():
-            self._quota_turn()
+            if self.quota is not None:
+                self.quota.turn(self.health)
             if self.health.state == QUOTA_EXHAUSTED or (
                     self.model_info is not None and not self.health.paused.is_set()):
                 self._stop.wait(1.0)
@@ -271,24 +271,6 @@ class Uplink:
             except FocoosError as exc:
                 self._note_error(None, exc)
                 self._stop.wait(backoff.next_delay() if exc.retryable else self.probe_interval_s)
-
-    def _quota_turn(self) -> None:
-        """Check the account's quota when due (at start, then at most every interval); a refusal
-        state the quota explains becomes quota_exhausted, and a quota with room again lets the
-        uplink try once more (the next frame is the probe)."""
-        if self.quota is None or not self.quota.refresh_if_due():
-            return
-        exhausted = self.quota.exhausted()
-        if exhausted and self.health.state in ("auth_failed", "rate_limited"):
-            self.health.set(QUOTA_EXHAUSTED, self._quota_detail(), pause=True)
-        elif not exhausted and self.health.state == QUOTA_EXHAUSTED:
-            log.info("inference: the account's quota has room again; trying the HUB again")
-            self.health.reset()
-
-    def _quota_detail(self) -> str:
-        last = self.quota.last if self.quota else None
-        used = f"{last.total_inferences} of {last.max_inferences}" if last else "all"
-        return f"the account's inference quota is used up ({used}); frames are spooled until it resets"
 
     def _check_model(self) -> None:
         info = self.client.model_info(self.model_ref)
@@ -415,10 +397,8 @@ class Uplink:
     def _note_error(self, camera: str | None, exc: FocoosError) -> None:
         if camera is not None:
             self.counters[camera].errors[exc.reason] += 1
-        if isinstance(exc, (AuthError, RateLimitedError)) and self.quota is not None and self.quota.exhausted():
-            if self.health.state != QUOTA_EXHAUSTED:
-                log.error("inference: refused (%s) and %s", exc.reason, self._quota_detail())
-            self.health.set(QUOTA_EXHAUSTED, self._quota_detail(), pause=True)
+        if self.quota is not None and self.quota.explains(exc):
+            self.quota.report(self.health, exc)
             return
         pause = isinstance(exc, (AuthError, ModelNotFoundError))
         if self.health.state != exc.reason:
