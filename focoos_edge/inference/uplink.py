@@ -229,7 +229,7 @@ class Uplink:
 
     def recheck_model(self) -> None:
         """Forget the model check and any pause (new credentials or model): the probe runs again."""
-        self.model_info: ModelInfo | None = None
+        self.model_info = None
         self._breaker.success()
         self.health.reset()
 
