@@ -115,3 +115,30 @@ def test_segmentation_masks_end_to_end_in_frame_pixels(marker_clip, mosquitto, m
         corners = {(marker.x, marker.y), (marker.x + marker.size, marker.y + marker.size)}
         for cx, cy in corners:
             assert min(abs(p[0] - cx) + abs(p[1] - cy) for p in det["keypoints"]) < 10
+
+
+def test_malformed_masks_and_keypoints_from_a_server_are_counted_not_fatal(marker_clip, mosquitto, mqtt_sub, spawn,
+                                                                          tmp_path) -> None:
+    """A reply with a mask that is not a PNG and keypoints that are not triples: the detections are
+    published without the broken parts (valid payloads) and counted in errors.malformed_mask."""
+    import httpfault
+
+    info = httpfault.json(200, {"ref": "local-aruco", "task": "instseg", "status": "DEPLOYED", "classes": ["a"]})
+    reply = httpfault.json(200, {"detections": [
+        {"bbox": [10, 10, 50, 50], "conf": 0.9, "cls_id": 0, "label": "a", "mask": "bm90IGEgcG5n"},
+        {"bbox": [60, 60, 90, 90], "conf": 0.8, "cls_id": 0, "label": "a", "keypoints": [[1, 2], [3, 4]]},
+        {"bbox": [5, 5, 9, 9], "conf": 0.7, "cls_id": 0, "label": "a", "mask": _declaring(20000, 20000, 4096)}]})
+    with httpfault.FaultServer() as server:
+        server.default = lambda h: (info if h.command == "GET" else reply)(h)
+        sub = mqtt_sub(mosquitto.port, "focoos/#")
+        config = daemon_config(tmp_path, api_url=server.url, mqtt_port=mosquitto.port,
+                               cameras=[{"name": "cam", "source": f"file://{marker_clip.path}", "sample_fps": 2}])
+        daemon = spawn(daemon_command(config), name="daemon")
+        msg = sub.wait_for(lambda m: m.topic == f"{TOPIC}/cam/detections", 60, "detections").json()
+        stats = sub.wait_for(lambda m: m.topic == f"{TOPIC}/stats"
+                             and m.json()["cameras"]["cam"]["errors"].get("malformed_mask", 0) >= 3, 30,
+                             "malformed masks counted").json()
+        stop_daemon(daemon, sub)  # every payload valid against the schema
+    assert len(msg["detections"]) == 3
+    assert all("mask" not in d and "keypoints" not in d for d in msg["detections"])
+    assert stats["cameras"]["cam"]["errors"]["malformed_mask"] % 3 == 0 and daemon.returncode == 0
