@@ -84,9 +84,9 @@ def test_every_json_payload_schema_requires_the_version():
 
 
 def test_the_runtime_modules_do_not_import_jsonschema():
-    code = ("import sys; import focoos_edge.delivery.contract, focoos_edge.subscribers.annotate, focoos_edge.subscribers.counts, "
-            "focoos_edge.subscribers.homeassistant, focoos_edge.service.daemon; focoos_edge.delivery.contract.schema('stats'); "
-            "sys.exit('jsonschema' in sys.modules)")
+    code = ("import sys; import focoos_edge.delivery.contract, focoos_edge.subscribers.annotate, "
+            "focoos_edge.subscribers.counts, focoos_edge.subscribers.homeassistant, focoos_edge.service.daemon; "
+            "focoos_edge.delivery.contract.schema('stats'); sys.exit('jsonschema' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
 
 
