@@ -65,7 +65,7 @@ def cmd_run(args) -> int:
     config, rc = _load(args.config)
     if config is None:
         return rc
-    from focoos_edge.capture.encode import EncoderUnavailableError
+    from focoos_edge.capture.turbo import EncoderUnavailableError
     from focoos_edge.delivery.spool import SpoolError
     from focoos_edge.service.daemon import Daemon
     from focoos_edge.service.logs import setup_logging
@@ -166,7 +166,7 @@ def cmd_demo(args) -> int:
 
 def add_local_server_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``local-server`` options (here, not in the server's module: `--help` must not load OpenCV)."""
-    from focoos_edge.tools import LOCAL_SERVER_KEY_ENV, LOCAL_SERVER_PORT
+    from focoos_edge.tools import LOCAL_SERVER_IM_SIZE, LOCAL_SERVER_KEY_ENV, LOCAL_SERVER_PORT
 
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=LOCAL_SERVER_PORT,
@@ -176,6 +176,10 @@ def add_local_server_arguments(parser: argparse.ArgumentParser) -> None:
                              "command lines are visible to other users); if unset any non-blank key works")
     parser.add_argument("--latency-ms", type=float, default=0.0,
                         help="extra delay before each inference reply, to simulate a cloud round trip")
+    parser.add_argument("--quota", default=None, metavar="USED:MAX",
+                        help="inference quota of the account (GET user/); inference past it is refused (429)")
+    parser.add_argument("--im-size", type=int, default=LOCAL_SERVER_IM_SIZE,
+                        help=f"the models' im_size in their info (default {LOCAL_SERVER_IM_SIZE})")
 
 
 def build_parser() -> argparse.ArgumentParser:

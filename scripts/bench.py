@@ -211,7 +211,64 @@ def micro(b: Bench) -> list[tuple[str, str]]:
     out.append(("scene gate check, 640-px frame", f"{timed_ms(lambda: SceneGate(2.0, 60).check(small)):.2f} ms"))
     for label, clip in [("static", b.static_clip), ("moving", b.clip)]:
         out.append((f"an hour at 2 fps of the {label} clip", gate_savings(clip)))
-    return out
+    return out + privacy_micro(b)
+
+
+MASKS = [[[0.0, 0.0], [0.3, 0.0], [0.3, 0.2], [0.0, 0.2]], [[0.6, 0.5], [0.9, 0.55], [0.8, 0.95], [0.55, 0.9]]]
+
+
+def privacy_micro(b: Bench) -> list[tuple[str, str]]:
+    """Privacy mask fill, crop and mask tracing per frame; bytes saved by max_side auto and a crop."""
+    from focoos_edge.capture.encode import JpegEncoder, resize_to_max_side
+    from focoos_edge.capture.frameprep import FramePrep
+    from focoos_edge.capture.source import ScaledFrame
+    frames = list(lib.clip_frames(b.clip, {12, 37, 62, 87}).values())
+    frame = frames[1]
+    small, scale = resize_to_max_side(frame, 640)
+    prep = FramePrep(MASKS)
+    prep.masks_for(640, 360)  # cached once per frame size, as in the camera thread
+    fill = timed_ms(lambda: prep.apply(ScaledFrame(small, 1920, 1080, scale), 640), 300)
+    plain = timed_ms(lambda: resize_to_max_side(frame, 640))
+    crop = FramePrep(crop=[0.5, 0.0, 1.0, 1.0])  # the source hands over the whole frame: one resize
+    cropped = timed_ms(lambda: crop.apply(ScaledFrame(frame, 1920, 1080, 1.0), 640))
+    full_masks = FramePrep(MASKS)
+    canvas = frame.copy()  # filled in place: the clip's frames stay unmasked for the byte rows
+    full_fill = timed_ms(lambda: full_masks.apply(ScaledFrame(canvas, 1920, 1080, 1.0), 640), 100)
+    enc = JpegEncoder()
+
+    def kib(images) -> float:
+        return statistics.mean(len(enc.encode(i, 80)) for i in images) / 1024
+
+    full640 = kib(resize_to_max_side(f, 640)[0] for f in frames)
+    auto320 = kib(resize_to_max_side(f, 320)[0] for f in frames)
+    quarter = FramePrep(crop=[0.5, 0.5, 1.0, 1.0])
+    crop_q = kib(quarter.apply(ScaledFrame(f.copy(), 1920, 1080, 1.0), 640).image for f in frames)
+    same_detail = kib(resize_to_max_side(f, 1280)[0] for f in frames)
+    return [
+        ("privacy mask fill (2 polygons), 640-px / 1080p frame",
+         f"{fill * 1000:.0f} / {full_fill * 1000:.0f} us (1080p->640 resize: {plain:.2f} ms)"),
+        ("crop [0.5, 0, 1, 1] of 1080p to 640 px (slice + resize)", f"{cropped:.2f} ms (no crop: {plain:.2f} ms)"),
+        ("mask tracing, one 100x100 detection mask", f"{trace_cost_ms():.3f} ms"),
+        ("bytes/frame, max_side auto with a 320-px model", f"{auto320:.1f} KiB vs 640 px {full640:.1f} KiB "
+                                                           f"({(1 - auto320 / full640) * 100:.0f}% saved)"),
+        ("bytes/frame, crop [0.5, 0.5, 1, 1] at 640 px", f"{crop_q:.1f} KiB vs the whole frame at the same "
+                                                         f"detail (1280 px) {same_detail:.1f} KiB "
+                                                         f"({(1 - crop_q / same_detail) * 100:.0f}% saved)"),
+    ]
+
+
+def trace_cost_ms() -> float:
+    import base64
+
+    import numpy as np
+
+    from focoos_edge.inference.masks import trace_masks
+    from focoos_edge.inference.parse import Detection
+    mask = np.zeros((101, 101), np.uint8)
+    cv2.fillPoly(mask, [np.array([[5, 10], [95, 3], [90, 97], [8, 88]], np.int32)], 255)
+    png = base64.b64encode(cv2.imencode(".png", mask)[1].tobytes()).decode()
+    det = Detection("a", 0, 0.9, (100.0, 100.0, 200.0, 200.0), has_mask=True, mask_png=png)
+    return timed_ms(lambda: trace_masks([det], polygons=True, upload_w=640, upload_h=360), 300)
 
 
 def gate_savings(clip: Path) -> str:
@@ -275,6 +332,13 @@ def print_report(rows: list[tuple], extra: list[tuple[str, str]], info: dict[str
 
 def run(args: argparse.Namespace) -> int:
     info = machine()
+    if args.micro:
+        b = Bench(Path(args.work_dir), measure_s=12.0)
+        try:
+            print_report([], micro(b), info)
+        finally:
+            b.close()
+        return 0
     b = Bench(Path(args.work_dir), measure_s=12.0 if args.quick else 40.0)
     try:
         base = baselines(b)
@@ -305,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--soak-min", type=float, default=0, help="memory soak with 4 cameras, in minutes")
     p.add_argument("--work-dir", default="/tmp/focoos-bench", help="media cache and logs")
     p.add_argument("--json", help="also write the results to this file")
+    p.add_argument("--micro", action="store_true", help="only the in-process measurements (about a minute)")
     return run(p.parse_args(argv))
 
 

@@ -23,6 +23,7 @@ import cv2
 import httpfault
 import jsonschema
 import media
+import numpy as np
 import pytest
 import requests
 import yaml
@@ -463,6 +464,8 @@ def test_probe_reports_camera_inference_and_broker(tmp_path, rtsp_server, local_
     assert line("camera gate: ok, rtsp://***@127.0.0.1:"), done.stdout
     assert "640x360" in line("camera gate:") and "h264" in line("camera gate:").lower()
     assert "ready" in line(f"inference {local_server.url}: model local-aruco")
+    # max_side: auto, shown with the model's im_size.
+    assert "im_size 640" in line("inference") and "uploads: gate 640 px (auto)" in line("inference"), done.stdout
     assert line(f"mqtt 127.0.0.1:{mosquitto.port}: ok")
     assert done.stdout.splitlines()[-1] == "probe: all checks passed"
     assert "FAILED" not in done.stdout
@@ -528,3 +531,19 @@ def test_help_does_not_load_opencv_numpy_or_paho():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_the_probe_pictures_are_masked_and_cropped() -> None:
+    """The probe's saved JPEG and its test upload carry the camera's privacy masks (and crop)."""
+    from focoos_edge.capture.encode import JpegEncoder
+    from focoos_edge.config.models import CameraConfig
+    from focoos_edge.tools.probe import probe_images
+
+    cam = CameraConfig(name="gate", source="rtsp://127.0.0.1/x", max_side=320, crop=[0.0, 0.0, 0.5, 1.0],
+                       privacy_masks=[[[0.0, 0.0], [0.25, 0.0], [0.25, 0.5], [0.0, 0.5]]])
+    frame = np.full((720, 1280, 3), 150, np.uint8)
+    saved, upload = (cv2.imdecode(np.frombuffer(j, np.uint8), cv2.IMREAD_COLOR)
+                     for j in probe_images(cam, frame, JpegEncoder()))
+    assert saved.shape == (720, 1280, 3) and saved[:350, :310].max() <= 16 and saved[380:, :].min() >= 130
+    assert upload.shape == (320, 284, 3)  # the left half (640 x 720) at 320 px on its long side
+    assert upload[:150, :130].max() <= 16 and upload[170:, :].min() >= 130 and upload[:, 150:].min() >= 130

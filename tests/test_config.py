@@ -231,7 +231,8 @@ def test_defaults(tmp_path: Path) -> None:
     assert (mqtt.topic_prefix, mqtt.qos, mqtt.keepalive_s, mqtt.client_id) == ("focoos", 1, 30, None)
     assert (config.spool.max_bytes, config.spool.max_age_s) == (256 * 1024 * 1024, 86400)
     (camera,) = config.cameras
-    assert (camera.sample_fps, camera.max_side, camera.jpeg_quality) == (2, 640, 80)
+    assert (camera.sample_fps, camera.max_side, camera.jpeg_quality) == (2, "auto", 80)  # the model's im_size
+    assert (camera.privacy_masks, camera.crop, camera.masks, camera.fixed_max_side) == ((), None, "polygons", None)
     assert (camera.threshold, camera.labels, camera.loop) == (None, None, True)
     assert (camera.open_timeout_s, camera.read_timeout_s) == (10, 10)
     assert camera.parsed_source == Source("rtsp", "rtsp://127.0.0.1:8554/cam")

@@ -173,7 +173,8 @@ def stats_example() -> dict:
             "cpu_percent": 3.5, "rss_bytes": 1, "inference": {"state": "ok", "queue_depth": 0, "in_flight": 1},
             "mqtt": {"connected": True, "sent": 1, "acked": 1, "resent": 0, "dropped": 0},
             "spool": {"frames": queue, "outbox": dict(queue), "disk_bytes": 1, "max_bytes": 2, "disk_full": False},
-            "cameras": {"front_door": camera}}
+            "cameras": {"front_door": camera},
+            "quota": {"total_inferences": 950, "max_inferences": 1000, "checked_at": "2026-11-26T19:40:00.123456Z"}}
 
 
 EXAMPLES = {

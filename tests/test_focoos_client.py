@@ -15,7 +15,7 @@ import httpfault
 import pytest
 from httpfault import FaultServer, hang, multipart_parts, raw, reset
 
-from focoos_edge.inference.client import FocoosClient, format_threshold, scale_detections
+from focoos_edge.inference.client import FocoosClient, format_threshold
 from focoos_edge.inference.errors import (
     AuthError,
     FocoosError,
@@ -25,6 +25,7 @@ from focoos_edge.inference.errors import (
     RateLimitedError,
     TransientError,
 )
+from focoos_edge.inference.geometry import map_to_frame
 from focoos_edge.inference.parse import Detection, parse_retry_after
 
 CANARY = "CANARY-7f3a9c"
@@ -302,7 +303,7 @@ def test_tolerant_parsing(server, client):
     assert dets[1].has_mask and dets[1].cls_id == 1 and dets[1].bbox == (1.5, 2.5, 3.5, 4.5)
     assert dets[2] == Detection("cat", 7, 0.8, None)  # classification: no box
     assert dets[3].keypoints == ((1.0, 2.0, 1.0), (3.5, 4.0, 0.0))
-    assert dets[4] == Detection(None, None, 0.3, None)
+    assert dets[4] == Detection(None, None, 0.3, None, broken=("keypoints",))  # counted as malformed
 
 
 def test_missing_latency_gives_an_empty_dict(server, client):
@@ -380,15 +381,15 @@ def test_api_key_never_leaks_into_errors_or_logs(server, caplog):
     assert CANARY not in repr(client)
 
 
-# --- scale_detections ----------------------------------------------------------------------------
+# --- map_to_frame --------------------------------------------------------------------------------
 
-def test_scale_detections_maps_back_to_original_pixels():
+def test_map_to_frame_maps_back_to_original_pixels():
     dets = (
         Detection("a", 0, 0.9, (100.0, 50.0, 200.0, 150.0)),
         Detection("b", 1, 0.8, (10.33, 20.0, 30.0, 40.07), keypoints=((10.0, 20.0, 1.0),)),
         Detection("c", 2, 0.7, None),
     )
-    out = scale_detections(dets, 1 / 3, 1920, 1080)
+    out = map_to_frame(dets, scale=1 / 3, width=1920, height=1080)
     assert out[0].bbox == (300.0, 150.0, 600.0, 450.0)
     assert out[1].bbox == (31.0, 60.0, 90.0, 120.2)
     assert out[1].keypoints == ((30.0, 60.0, 1.0),)
@@ -396,16 +397,16 @@ def test_scale_detections_maps_back_to_original_pixels():
     assert (out[0].label, out[0].cls_id, out[0].conf) == ("a", 0, 0.9)
 
 
-def test_scale_detections_clips_to_the_frame():
+def test_map_to_frame_clips_to_the_frame():
     dets = (Detection("a", 0, 0.9, (-5.0, -0.01, 700.0, 400.0)),)
-    (out,) = scale_detections(dets, 0.5, 1280, 720)
+    (out,) = map_to_frame(dets, scale=0.5, width=1280, height=720)
     assert out.bbox == (0.0, 0.0, 1280.0, 720.0)
     assert str(out.bbox[1]) == "0.0"  # no negative zero
 
 
-def test_scale_detections_identity_and_bad_scale():
+def test_map_to_frame_identity_and_bad_scale():
     dets = (Detection("a", 0, 0.9, (1.26, 2.0, 3.0, 4.0)),)
-    assert scale_detections(dets, 1.0, 10, 10)[0].bbox == (1.3, 2.0, 3.0, 4.0)
+    assert map_to_frame(dets, scale=1.0, width=10, height=10)[0].bbox == (1.3, 2.0, 3.0, 4.0)
     for bad in (0, -1.0, float("inf"), float("nan")):
         with pytest.raises(ValueError):
-            scale_detections(dets, bad, 10, 10)
+            map_to_frame(dets, scale=bad, width=10, height=10)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import http.client
+import json
 import logging
 import re
 import socket
 import threading
 import time
+from datetime import datetime
 
 import cv2
 import numpy as np
@@ -16,6 +19,7 @@ import pytest
 import requests
 
 from focoos_edge.cli import add_local_server_arguments
+from focoos_edge.tools.account import Quota
 from focoos_edge.tools.aruco import CLASSES, draw_markers
 from focoos_edge.tools.localserver import MAX_BODY_BYTES, LocalServer, run_from_args
 
@@ -63,10 +67,21 @@ def test_model_info(server):
 
 def test_models_list_and_user(server):
     models = requests.get(server.url + "/models/", headers={"X-API-Key": KEY}, timeout=5).json()
-    assert [m["ref"] for m in models] == [MODEL]
+    assert [(m["ref"], m["task"]) for m in models] == [
+        (MODEL, "detection"), ("local-aruco-seg", "instseg"), ("local-aruco-kp", "keypoint"),
+        ("local-aruco-cls", "classification")]
     assert set(models[0]) >= {"ref", "name", "task", "description", "status", "focoos_model"}
     user = requests.get(server.url + "/user/", headers={"X-API-Key": KEY}, timeout=5).json()
-    assert user == {"email": "local@localhost", "quotas": {"total_inferences": 0, "max_inferences": None}}
+    # Every field the Focoos SDK (v0.25.0) requires when FocoosHUB() is created, with its type.
+    assert {k: type(v) for k, v in user.items()} == {
+        "email": str, "created_at": str, "updated_at": str, "company": type(None), "api_key": dict, "quotas": dict}
+    assert datetime.fromisoformat(user["created_at"].replace("Z", "+00:00"))
+    assert isinstance(user["api_key"]["key"], str) and KEY not in json.dumps(user)
+    assert {k: type(v) for k, v in user["quotas"].items()} == {
+        "total_inferences": int, "max_inferences": int, "used_storage_gb": float, "max_storage_gb": float,
+        "active_training_jobs": list, "max_active_training_jobs": int,
+        "used_mlg4dnxlarge_training_jobs_hours": float, "max_mlg4dnxlarge_training_jobs_hours": float}
+    assert user["quotas"]["total_inferences"] == 0
     assert _infer(server.url, _frame_jpeg(MARKERS[:1])).status_code == 200
     user = requests.get(server.url + "/user", headers={"X-API-Key": KEY}, timeout=5).json()
     assert user["quotas"]["total_inferences"] == 1
@@ -308,3 +323,44 @@ def test_run_from_args_port_in_use_returns_1(caplog):
         port = taken.getsockname()[1]
         assert run_from_args(_cli_args("--port", str(port), "--api-key", "k"), threading.Event()) == 1
     assert any(r.levelno == logging.ERROR for r in caplog.records)
+
+
+def test_segmentation_keypoint_and_classification_models(server):
+    """local-aruco-seg: a bbox-cropped PNG of each marker's quad and its corners as keypoints;
+    local-aruco-kp: keypoints only; local-aruco-cls: classes without boxes."""
+    jpeg = _frame_jpeg(MARKERS[:2])
+    seg = _infer(server.url, jpeg, model="local-aruco-seg").json()["detections"]
+    assert sorted(d["cls_id"] for d in seg) == [0, 7]
+    for det in seg:
+        x1, y1, x2, y2 = det["bbox"]
+        png = base64.b64decode(det["mask"])
+        mask = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_GRAYSCALE)
+        assert mask.shape == (int(np.ceil(y2)) - int(y1) + 1, int(np.ceil(x2)) - int(x1) + 1)
+        assert set(np.unique(mask)) <= {0, 255}
+        assert np.count_nonzero(mask) == pytest.approx(60 * 60, rel=0.1)  # a 120 px marker at half size
+        assert len(det["keypoints"]) == 4 and all(p[2] == 1.0 for p in det["keypoints"])
+        assert all(x1 <= p[0] <= x2 and y1 <= p[1] <= y2 for p in det["keypoints"])
+    kp = _infer(server.url, jpeg, model="local-aruco-kp").json()["detections"]
+    assert all("keypoints" in d and "mask" not in d for d in kp) and len(kp) == 2
+    cls = _infer(server.url, jpeg, model="local-aruco-cls").json()["detections"]
+    assert sorted(d["cls_id"] for d in cls) == [0, 7] and all(set(d) == {"conf", "cls_id", "label"} for d in cls)
+
+
+def test_quota_refuses_inference_past_it_and_user_reports_it():
+    srv = LocalServer(port=0, api_key=KEY, quota=Quota.parse("9:10"), im_size=[512, 384])
+    srv.start()
+    try:
+        jpeg = _frame_jpeg(MARKERS[:1])
+        assert _infer(srv.url, jpeg).status_code == 200
+        refused = _infer(srv.url, jpeg)
+        assert refused.status_code == 429 and "quota" in refused.json()["detail"]
+        quotas = requests.get(srv.url + "/user/", headers={"X-API-Key": KEY}, timeout=5).json()["quotas"]
+        assert (quotas["total_inferences"], quotas["max_inferences"]) == (10, 10)
+        assert requests.get(f"{srv.url}/models/{MODEL}", headers={"X-API-Key": KEY}, timeout=5).json()["im_size"] \
+            == [512, 384]
+        srv.quota.reset()
+        assert _infer(srv.url, jpeg).status_code == 200
+    finally:
+        srv.stop()
+    with pytest.raises(ValueError, match="USED:MAX"):
+        Quota.parse("10")

@@ -29,6 +29,8 @@ from focoos_edge.capture.mjpeg import (
     wrap_usb_capture,
 )
 from focoos_edge.capture.motion import InferenceBudget, SceneGate, mean_abs_diff, thumbnail
+from focoos_edge.capture.source import FrameSource
+from focoos_edge.capture.turbo import EncoderUnavailableError
 from focoos_edge.capture.worker import (
     CameraWorker,
     CaptureOpenError,
@@ -430,3 +432,29 @@ def test_capture_settings_reject_an_unknown_decode_mode_and_keyframes_for_usb():
         settings("/tmp/x.mp4", decode="fast")
     with pytest.raises(ValueError, match="keyframes"):
         settings("usb:0", decode="keyframes")
+
+
+def test_every_source_is_a_declared_frame_source(clips):
+    """OpenCV, PyAV (keyframes) and MJPEG sources implement the one FrameSource protocol."""
+    path = str(clips["gop25"])
+    sources = [open_capture(settings(path)), open_capture(settings(path, decode="keyframes")),
+               MjpegCapture(cv2.VideoCapture(str(clips["mjpeg"]), cv2.CAP_FFMPEG, [cv2.CAP_PROP_FORMAT, -1]))]
+    try:
+        for source in sources:
+            assert isinstance(source, FrameSource), type(source)
+            assert source.grab()
+            scaled = source.retrieve_scaled(320)
+            assert scaled is not None and max(scaled.image.shape[:2]) == 320
+        assert [s.self_paced for s in sources] == [False, True, False]
+    finally:
+        for source in sources:
+            source.release()
+
+
+def test_the_mjpeg_decoder_loads_turbojpeg_like_the_encoder(monkeypatch):
+    """One loader: $TURBOJPEG is honoured by the MJPEG decoder too (it used to be ignored there)."""
+    monkeypatch.setenv("TURBOJPEG", "/nonexistent/libturbojpeg.so.0")
+    with pytest.raises(EncoderUnavailableError, match="/nonexistent/libturbojpeg.so.0"):
+        MjpegDecoder()
+    with pytest.raises(EncoderUnavailableError, match="/nonexistent/libturbojpeg.so.0"):
+        JpegEncoder()

@@ -784,7 +784,7 @@ EXPECTED_COLUMNS = {
     "meta": {"key": "TEXT", "value": "TEXT"},
     "frames": {"id": "INTEGER", "frame_id": "TEXT", "camera": "TEXT", "captured_at_ns": "INTEGER",
                "width": "INTEGER", "height": "INTEGER", "scale": "REAL", "attempts": "INTEGER",
-               "bytes": "INTEGER", "crc32": "INTEGER", "jpeg": "BLOB"},
+               "bytes": "INTEGER", "crc32": "INTEGER", "jpeg": "BLOB", "offset_x": "REAL", "offset_y": "REAL"},
     "outbox": {"id": "INTEGER", "camera": "TEXT", "topic": "TEXT", "qos": "INTEGER", "retain": "INTEGER",
                "created_at_ns": "INTEGER", "bytes": "INTEGER", "crc32": "INTEGER", "payload": "BLOB"},
 }
@@ -813,3 +813,30 @@ def test_a_put_is_committed_durably_before_it_returns(spool: Spool) -> None:
     assert rows(spool.path, "PRAGMA journal_mode") == [("wal",)]
     assert spool._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL; per connection, so white-box
     assert spool._db.execute("PRAGMA max_page_count").fetchone()[0] == spool.budget.max_pages
+
+
+def test_crop_offsets_survive_the_spool_and_old_spools_gain_the_columns(db_path: Path) -> None:
+    """A spool written before crops existed (no offset columns) opens, gains them (0 = no crop), and a
+    cropped frame's offsets come back with it, so its boxes map to the right place after a replay."""
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    legacy = sqlite3.connect(db_path)
+    legacy.executescript("""
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE frames (id INTEGER PRIMARY KEY AUTOINCREMENT, frame_id TEXT NOT NULL UNIQUE,
+            camera TEXT NOT NULL, captured_at_ns INTEGER NOT NULL, width INTEGER NOT NULL,
+            height INTEGER NOT NULL, scale REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+            bytes INTEGER NOT NULL, crc32 INTEGER NOT NULL, jpeg BLOB NOT NULL);""")
+    legacy.execute("INSERT INTO frames (frame_id, camera, captured_at_ns, width, height, scale, bytes, crc32, jpeg) "
+                   "VALUES ('old', 'cam', 1, 1920, 1080, 0.5, 3, ?, ?)", (zlib.crc32(b"abc"), b"abc"))
+    legacy.commit()
+    legacy.close()
+    spool = Spool(db_path, 8 * 1024 * 1024, 3600)
+    try:
+        cropped = FrameJob(camera="cam", frame_id="new", captured_at_ns=2, captured_mono=0.0, width=1920,
+                           height=1080, scale=0.5, jpeg=b"xyz", offset_x=960.0, offset_y=12.5)
+        spool.put_frame(cropped)
+        old, new = spool.take_frame(), spool.take_frame()
+    finally:
+        spool.close()
+    assert (old.job.frame_id, old.job.offset_x, old.job.offset_y) == ("old", 0.0, 0.0)
+    assert (new.job.frame_id, new.job.offset_x, new.job.offset_y) == ("new", 960.0, 12.5)

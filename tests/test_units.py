@@ -27,7 +27,8 @@ from hypothesis import strategies as st
 from media import Marker
 from procs import wait_until
 
-from focoos_edge.capture.encode import EncoderUnavailableError, FrameJob, JpegEncoder, fit_size, resize_to_max_side
+from focoos_edge.capture.encode import FrameJob, JpegEncoder, fit_size, resize_to_max_side
+from focoos_edge.capture.turbo import EncoderUnavailableError
 from focoos_edge.capture.worker import Sampler
 from focoos_edge.common.backoff import Backoff
 from focoos_edge.delivery.messages import (

@@ -3,27 +3,20 @@
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
+from focoos_edge.capture.turbo import load_turbojpeg
+
 log = logging.getLogger(__name__)
-
-TURBOJPEG_HINT = (
-    "libturbojpeg was not found: install it with 'apt-get install libturbojpeg0' "
-    "(Debian, Raspberry Pi OS, Ubuntu/JetPack), or set TURBOJPEG to the library's path"
-)
-
-
-class EncoderUnavailableError(RuntimeError):
-    """The TurboJPEG library cannot be loaded; the message says what to install."""
-
 
 @dataclass(frozen=True)
 class FrameJob:
-    """One sampled frame, ready to upload. `scale` is uploaded size / original size."""
+    """One sampled frame, ready to upload. `scale` is uploaded size / original size; with a crop,
+    `offset_x`/`offset_y` are the uploaded region's top-left corner in original-frame pixels, so
+    original = uploaded / scale + offset."""
 
     camera: str
     frame_id: str
@@ -34,6 +27,8 @@ class FrameJob:
     scale: float
     jpeg: bytes
     encoded_mono: float = 0.0
+    offset_x: float = 0.0
+    offset_y: float = 0.0
 
 
 def fit_size(width: int, height: int, max_side: int) -> tuple[int, int, float]:
@@ -62,15 +57,7 @@ class JpegEncoder:
     """A TurboJPEG encoder for BGR frames. Not thread-safe: use one per camera thread."""
 
     def __init__(self, lib_path: str | None = None):
-        try:
-            from turbojpeg import TurboJPEG
-        except ImportError as exc:  # pragma: no cover - dependency of the package
-            raise EncoderUnavailableError(f"PyTurboJPEG is not installed ({exc})") from None
-        lib_path = lib_path or os.environ.get("TURBOJPEG") or None
-        try:
-            self._tj = TurboJPEG(lib_path) if lib_path else TurboJPEG()
-        except (OSError, RuntimeError) as exc:
-            raise EncoderUnavailableError(f"{TURBOJPEG_HINT} ({exc})") from None
+        self._tj = load_turbojpeg(lib_path)
 
     def encode(self, bgr: np.ndarray, quality: int) -> bytes:
         """Encode a BGR uint8 image (OpenCV order) to JPEG bytes."""

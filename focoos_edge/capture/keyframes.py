@@ -3,9 +3,9 @@
 An H.264/H.265 camera sends one keyframe per GOP (typically every 1-2 s) and predicted frames in
 between. When the daemon samples at or below the keyframe rate, decoding the predicted frames is
 pure waste: with ``skip_frame = NONKEY`` the decoder only parses them, and a 1 s GOP at 25 fps
-costs about a fifth of full decoding. :class:`KeyframeSource` offers the small part of the
-``cv2.VideoCapture`` interface that the camera thread uses (``grab``/``retrieve``/``read``/
-``release``/``get``), plus ``retrieve_scaled``, which converts and shrinks in one swscale pass.
+costs about a fifth of full decoding. :class:`KeyframeSource` is a
+:class:`~focoos_edge.capture.source.FrameSource`; its ``retrieve_scaled`` converts and shrinks in
+one swscale pass.
 
 ``grab()`` returns when the next keyframe is decoded. Files are played in real time (by the
 packets' timestamps), like a live camera; live streams are read as fast as they arrive, so no
@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from focoos_edge.capture.encode import fit_size
-from focoos_edge.capture.mjpeg import ScaledFrame
+from focoos_edge.capture.source import ScaledFrame
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class KeyframeSource:
         self.packets = 0
         self.keyframes = 0
 
-    # -- the cv2.VideoCapture subset ------------------------------------------------------
+    # -- FrameSource ------------------------------------------------------------------------
     def isOpened(self) -> bool:
         """True until released."""
         return self._container is not None

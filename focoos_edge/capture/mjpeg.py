@@ -13,13 +13,14 @@ The rest is a small ratio (at most about 1.33:1 once a scaling factor has been a
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from fractions import Fraction
 
 import cv2
 import numpy as np
 
-from focoos_edge.capture.encode import TURBOJPEG_HINT, EncoderUnavailableError, fit_size
+from focoos_edge.capture.encode import fit_size
+from focoos_edge.capture.source import ScaledFrame
+from focoos_edge.capture.turbo import load_turbojpeg
 
 log = logging.getLogger(__name__)
 
@@ -29,17 +30,6 @@ RESIDUAL_INTERPOLATION = cv2.INTER_LINEAR
 
 class MjpegDecodeError(ValueError):
     """The bytes are not a JPEG that libjpeg-turbo can decode."""
-
-
-@dataclass(frozen=True)
-class ScaledFrame:
-    """A decoded frame: ``image`` (BGR) is at most ``max_side`` long; ``width``/``height`` are the
-    original JPEG's; ``scale`` = image width / original width (what FrameJob.scale means)."""
-
-    image: np.ndarray
-    width: int
-    height: int
-    scale: float
 
 
 def pick_scaling_factor(width: int, height: int, max_side: int,
@@ -61,14 +51,8 @@ class MjpegDecoder:
     """TurboJPEG decoder for MJPEG frames. Not thread-safe: one per camera thread."""
 
     def __init__(self, lib_path: str | None = None):
-        try:
-            from turbojpeg import TurboJPEG
-        except ImportError as exc:  # pragma: no cover - dependency of the package
-            raise EncoderUnavailableError(f"PyTurboJPEG is not installed ({exc})") from None
-        try:
-            self._tj = TurboJPEG(lib_path) if lib_path else TurboJPEG()
-        except (OSError, RuntimeError) as exc:
-            raise EncoderUnavailableError(f"{TURBOJPEG_HINT} ({exc})") from None
+        # The shared loader: $TURBOJPEG is honoured here as in the encoder (it used not to be).
+        self._tj = load_turbojpeg(lib_path)
         self._factors = sorted(self._tj.scaling_factors)
 
     def size(self, jpeg: bytes | np.ndarray) -> tuple[int, int]:
@@ -120,12 +104,15 @@ MJPG_FOURCC = cv2.VideoWriter.fourcc(*"MJPG")
 
 
 class MjpegCapture:
-    """A V4L2 capture that hands over the camera's JPEGs undecoded (CAP_PROP_CONVERT_RGB = 0),
+    """A :class:`~focoos_edge.capture.source.FrameSource`: a V4L2 capture that hands over the
+    camera's JPEGs undecoded (CAP_PROP_CONVERT_RGB = 0),
     so that only sampled frames are decoded, scaled (:meth:`retrieve_scaled`).
 
     Build it with :func:`wrap_usb_capture`, which falls back to the plain capture when the
     device does not deliver MJPEG.
     """
+
+    self_paced = False  # a live device: never paced, never a file
 
     def __init__(self, cap: cv2.VideoCapture, decoder: MjpegDecoder | None = None):
         self._cap = cap

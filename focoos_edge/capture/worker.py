@@ -22,10 +22,12 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from focoos_edge.capture.encode import FrameJob, JpegEncoder, resize_to_max_side
+from focoos_edge.capture.encode import FrameJob, JpegEncoder
+from focoos_edge.capture.frameprep import FramePrep, ModelImSize
 from focoos_edge.capture.keyframes import KeyframeOpenError, KeyframeUnavailableError, open_keyframes
-from focoos_edge.capture.mjpeg import ScaledFrame, wrap_usb_capture
+from focoos_edge.capture.mjpeg import MjpegCapture, wrap_usb_capture
 from focoos_edge.capture.motion import InferenceBudget, SceneGate
+from focoos_edge.capture.source import FrameSource, OpenCvSource, ScaledFrame
 from focoos_edge.common.backoff import Backoff
 from focoos_edge.common.loop import Loop
 from focoos_edge.config.sources import Source
@@ -52,7 +54,7 @@ class CaptureSettings:
     name: str
     source: Source
     sample_fps: float
-    max_side: int
+    max_side: int | None  # None: "auto", the model's im_size (ModelImSize)
     jpeg_quality: int
     loop: bool = True
     open_timeout_s: float = 10.0
@@ -66,6 +68,8 @@ class CaptureSettings:
     motion_threshold: float | None = None  # scene-change gate (mean abs grey diff); None = off
     motion_heartbeat_s: float = 60.0  # with the gate: a static scene is still sent this often
     max_inferences_per_hour: int | None = None  # None = no budget
+    privacy_masks: tuple = ()  # normalized polygons filled black before encoding
+    crop: tuple[float, float, float, float] | None = None  # normalized region uploaded alone
 
     def __post_init__(self) -> None:
         if self.decode not in (DECODE_ALL, DECODE_KEYFRAMES):
@@ -78,12 +82,11 @@ class CaptureOpenError(RuntimeError):
     """The source could not be opened (message is already redacted)."""
 
 
-def open_capture(settings: CaptureSettings, stop: threading.Event | None = None) -> cv2.VideoCapture:
-    """Open the source with the FFmpeg backend (V4L2 for USB devices), with open/read timeouts.
-
-    With `decode="keyframes"` (files and streams) a PyAV KeyframeSource is returned instead, and
-    with `usb_mjpeg` an MjpegCapture when the device delivers MJPEG: both offer the same
-    grab/retrieve/read/get/release calls. `stop` interrupts a keyframe source's waits.
+def open_capture(settings: CaptureSettings, stop: threading.Event | None = None) -> FrameSource:
+    """Open the source as a :class:`FrameSource`: OpenCV's FFmpeg backend (V4L2 for USB devices)
+    with open/read timeouts, a PyAV KeyframeSource with `decode="keyframes"` (files and streams),
+    an MjpegCapture with `usb_mjpeg` when the device delivers MJPEG. `stop` interrupts a keyframe
+    source's waits.
     """
     src = settings.source
     os.environ.setdefault(_FFMPEG_OPTIONS_ENV, _FFMPEG_OPTIONS_DEFAULT)
@@ -105,7 +108,9 @@ def open_capture(settings: CaptureSettings, stop: threading.Event | None = None)
         cap = cv2.VideoCapture(src.device, cv2.CAP_V4L2)
         cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
         if settings.usb_mjpeg and cap.isOpened():
-            return wrap_usb_capture(cap, settings.name)
+            wrapped = wrap_usb_capture(cap, settings.name)
+            if isinstance(wrapped, MjpegCapture):
+                return wrapped
     else:
         if src.kind == "file" and not os.path.exists(src.uri):
             raise CaptureOpenError(f"video file not found: {src.display}")
@@ -113,7 +118,7 @@ def open_capture(settings: CaptureSettings, stop: threading.Event | None = None)
     if not cap.isOpened():
         cap.release()
         raise CaptureOpenError(f"cannot open {src.display}")
-    return cap
+    return OpenCvSource(cap)
 
 
 class Sampler:
@@ -156,7 +161,8 @@ class CameraWorker(threading.Thread):
 
     def __init__(self, settings: CaptureSettings, on_job: Callable[[FrameJob], None],
                  on_state: Callable[[str, str, str | None], None], stop: threading.Event,
-                 opener: Callable[[CaptureSettings], cv2.VideoCapture] | None = None):
+                 opener: Callable[[CaptureSettings], FrameSource] | None = None,
+                 im_size: ModelImSize | None = None):
         super().__init__(name=f"camera-{settings.name}", daemon=True)
         self.settings = settings
         self.counters = CameraCounters()
@@ -167,6 +173,8 @@ class CameraWorker(threading.Thread):
         self.stop_event = stop
         self._opener = opener or (lambda s: open_capture(s, stop))
         self._encoder = JpegEncoder()
+        self._prep = FramePrep(settings.privacy_masks, settings.crop)
+        self._im_size = im_size or ModelImSize()
         self._gate = (SceneGate(settings.motion_threshold, settings.motion_heartbeat_s)
                       if settings.motion_threshold is not None else None)
         self._budget = (InferenceBudget(settings.max_inferences_per_hour)
@@ -231,12 +239,12 @@ class CameraWorker(threading.Thread):
             log.debug("camera %s: %s; next attempt in %.1f s", self.settings.name, why, delay)
         self.stop_event.wait(delay)
 
-    def _stream(self, cap: cv2.VideoCapture) -> bool:
+    def _stream(self, cap: FrameSource) -> bool:
         """Grab until the stream fails or stop is set; True when a looping file reached its end."""
         s = self.settings
         sampler = Sampler(s.sample_fps)
         is_file = s.source.kind == "file"
-        pacer = _FilePacer(cap) if is_file and not getattr(cap, "self_paced", False) else None
+        pacer = _FilePacer(cap) if is_file and not cap.self_paced else None
         first = True
         while not self.stop_event.is_set():
             if pacer is not None:
@@ -279,20 +287,28 @@ class CameraWorker(threading.Thread):
             if len(recent) > 256:
                 del recent[:128]
 
-    def _sample(self, cap: cv2.VideoCapture, captured_ns: int, captured_mono: float) -> None:
-        scaled = retrieve_scaled(cap, self.settings.max_side)
+    @property
+    def max_side(self) -> int:
+        """The upload's longest side: the configured one, or the model's im_size (auto)."""
+        return self.settings.max_side or self._im_size.side
+
+    def _sample(self, cap: FrameSource, captured_ns: int, captured_mono: float) -> None:
+        max_side = self.max_side
+        scaled = retrieve_scaled(cap, self._prep.source_side(max_side))
         if scaled is None:
             self.counters.grab_failures += 1
             return
-        if not self._admit(scaled.image):
+        prepared = self._prep.apply(scaled, max_side)  # privacy masks first: nothing leaves unmasked
+        if not self._admit(prepared.image):
             return
-        jpeg = self._encoder.encode(scaled.image, self.settings.jpeg_quality)
+        jpeg = self._encoder.encode(prepared.image, self.settings.jpeg_quality)
         done = time.monotonic()
         self.counters.sampled += 1
         self._on_job(FrameJob(
             camera=self.settings.name, frame_id=f"{self.settings.name}-{captured_ns}",
             captured_at_ns=captured_ns, captured_mono=captured_mono, width=scaled.width,
-            height=scaled.height, scale=scaled.scale, jpeg=jpeg, encoded_mono=done,
+            height=scaled.height, scale=prepared.scale, jpeg=jpeg, encoded_mono=done,
+            offset_x=prepared.offset_x, offset_y=prepared.offset_y,
         ))
 
     def _admit(self, image: np.ndarray) -> bool:
@@ -317,27 +333,19 @@ class CameraWorker(threading.Thread):
         self._on_state(self.settings.name, state, detail)
 
 
-def retrieve_scaled(cap, max_side: int) -> ScaledFrame | None:
+def retrieve_scaled(cap: FrameSource, max_side: int) -> ScaledFrame | None:
     """The grabbed frame in BGR, longest side `max_side`, with its original size; None on failure.
 
-    Sources that can do better than decode + resize (keyframes: one swscale pass; MJPEG: scaled
-    JPEG decode) provide `retrieve_scaled` themselves.
+    Each source does it its own best way (OpenCV: decode + INTER_AREA; keyframes: one swscale
+    pass; MJPEG: scaled JPEG decode).
     """
-    own = getattr(cap, "retrieve_scaled", None)
-    if own is not None:
-        return own(max_side)
-    ok, frame = cap.retrieve()
-    if not ok or frame is None:
-        return None
-    h, w = frame.shape[:2]
-    small, scale = resize_to_max_side(frame, max_side)
-    return ScaledFrame(small, w, h, scale)
+    return cap.retrieve_scaled(max_side)
 
 
 class _FilePacer:
     """Plays a video file at its native frame rate, as a live camera would deliver it."""
 
-    def __init__(self, cap: cv2.VideoCapture):
+    def __init__(self, cap: FrameSource):
         fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
         self.interval_s = 1.0 / fps if 1.0 <= fps <= 240.0 else 0.04
         self._next = time.monotonic()

@@ -37,6 +37,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from focoos_edge.capture.frameprep import visible_fraction
 from focoos_edge.common.redact import MASK, redact_url, url_secrets
 from focoos_edge.config.load import (
     SecretFile,
@@ -81,6 +82,18 @@ SpoolBytes = Annotated[ByteSize, AfterValidator(_at_least_1mib)]
 ConfigPath = Annotated[Path, AfterValidator(resolve_path)]
 ExistingFile = Annotated[Path, AfterValidator(existing_file)]
 NonEmpty = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+def _max_side(value: Any) -> int | str:
+    if value == "auto":
+        return "auto"
+    if isinstance(value, int) and not isinstance(value, bool) and 64 <= value <= 4096:
+        return value
+    raise ValueError("must be 'auto' or a whole number of pixels from 64 to 4096")
+
+
+MaxSide = Annotated[int | str, PlainValidator(_max_side), WithJsonSchema(
+    {"anyOf": [{"const": "auto"}, {"type": "integer", "minimum": 64, "maximum": 4096}]})]
+Unit = Annotated[float, Field(ge=0, le=1)]
+PrivacyPolygon = Annotated[tuple[tuple[Unit, Unit], ...], Field(min_length=3)]
 TOPIC_PREFIX_PATTERN = r"^[^/+#\x00]+(/[^/+#\x00]+)*$"
 
 
@@ -139,6 +152,9 @@ class InferenceConfig(_Model):
     recheck_interval_s: float = Field(
         60, ge=1, le=3600, description="While uploads are paused by a rejected key or an unknown model, "
                                        "the model is checked again this often.")
+    quota_check_interval_s: float = Field(
+        600, ge=1, le=86400, description="The account's inference quota (GET user/) is read at start and "
+                                         "then at most this often (default: every 10 minutes).")
 
     @field_validator("api_url")
     @classmethod
@@ -285,7 +301,9 @@ class CameraConfig(_Model):
         repr=False, description="rtsp(s)://..., http(s)://..., usb:N, /dev/videoN, file:///path or a path."
     )
     sample_fps: float = Field(2, gt=0, le=30, description="Frames sent to inference per second.")
-    max_side: int = Field(640, ge=64, le=4096, description="Longest side of the uploaded JPEG.")
+    max_side: MaxSide = Field(
+        "auto", description="Longest side of the uploaded JPEG; 'auto': the model's im_size (640 when the "
+                            "model does not say), since the server resizes every upload to it anyway.")
     jpeg_quality: int = Field(80, ge=1, le=100, description="JPEG quality of uploads.")
     threshold: float | None = Field(None, ge=0, le=1, description="Overrides inference.threshold.")
     labels: tuple[NonEmpty, ...] | None = Field(None, min_length=1, description="Publish only these labels.")
@@ -312,6 +330,15 @@ class CameraConfig(_Model):
                                                              "sent this often.")
     max_inferences_per_hour: int | None = Field(
         None, ge=1, description="Hourly inference budget of this camera; frames beyond it are skipped (counted).")
+    privacy_masks: tuple[PrivacyPolygon, ...] = Field(
+        (), description="Polygons of [x, y] points (normalized 0..1, x right, y down) filled black before "
+                        "encoding: never uploaded, never in a snapshot.")
+    crop: tuple[Unit, Unit, Unit, Unit] | None = Field(
+        None, description="Region of interest [x1, y1, x2, y2] (normalized): only it is uploaded; boxes "
+                          "still come back in original-frame pixels.")
+    masks: Literal["polygons", "none"] = Field(
+        "polygons", description="Segmentation masks in detection payloads: 'polygons' (traced outlines in "
+                                "original-frame pixels) or 'none'.")
 
     @field_validator("source")
     @classmethod
@@ -331,6 +358,23 @@ class CameraConfig(_Model):
                 raise located_error(("decode",), "decode_pyav",
                                     "'keyframes' needs PyAV: pip install 'focoos-edge[keyframes]'")
         return self
+
+    @model_validator(mode="after")
+    def _something_to_upload(self) -> CameraConfig:
+        if self.crop is not None:
+            x1, y1, x2, y2 = self.crop
+            if not (x1 < x2 and y1 < y2):
+                raise located_error(("crop",), "crop_empty", "must be [x1, y1, x2, y2] with x1 < x2 and y1 < y2")
+        if self.privacy_masks and visible_fraction(self.privacy_masks, self.crop) == 0.0:
+            where = "the crop" if self.crop is not None else "the frame"
+            raise located_error(("privacy_masks",), "masked_out", f"the masks cover all of {where}: nothing "
+                                                                  "would be left to upload")
+        return self
+
+    @property
+    def fixed_max_side(self) -> int | None:
+        """The configured upload side, or None for 'auto' (the model's im_size)."""
+        return None if self.max_side == "auto" else int(self.max_side)
 
     @field_serializer("source", when_used="json")
     def _redact_source(self, value: str) -> str:

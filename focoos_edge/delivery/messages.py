@@ -48,11 +48,19 @@ class Topics:
         return f"{self.base}/{camera}/state"
 
 
-def detection_dict(label: str | None, cls_id: int | None, conf: float, bbox: Sequence[float] | None) -> dict:
-    """One entry of the `detections` list."""
-    # conf within [0, 1] as the schema says, whatever reached here (parsing clamps it already).
+def detection_dict(label: str | None, cls_id: int | None, conf: float, bbox: Sequence[float] | None,
+                   mask: Sequence[Sequence[Sequence[float]]] | None = None,
+                   keypoints: Sequence[Sequence[float]] | None = None) -> dict:
+    """One entry of the `detections` list; `mask` (polygons of [x, y]) and `keypoints` ([x, y,
+    score] each), in original-frame pixels, only when given (optional fields of v1.1).
+    conf within [0, 1] as the schema says, whatever reached here (parsing clamps it already)."""
     out: dict[str, Any] = {"label": label, "cls_id": cls_id, "conf": round(min(max(float(conf), 0.0), 1.0), 4)}
     out["bbox"] = None if bbox is None else [round(float(v), 1) for v in bbox]
+    if mask:
+        out["mask"] = [[[round(float(x), 1), round(float(y), 1)] for x, y in poly] for poly in mask]
+    if keypoints:
+        out["keypoints"] = [[round(float(p[0]), 1), round(float(p[1]), 1), round(float(p[2]), 4)]
+                            for p in keypoints]
     return out
 
 
@@ -109,11 +117,14 @@ def camera_state_payload(state: str, since_s: float, fps: float, detail: str | N
     return out
 
 
-def inference_state_payload(state: str, since_s: float, model_ref: str, detail: str | None = None) -> dict:
-    """Retained inference-link state."""
+def inference_state_payload(state: str, since_s: float, model_ref: str, detail: str | None = None,
+                            config_warnings: Sequence[str] = ()) -> dict:
+    """Retained inference-link state; `config_warnings` (v1.1) only when there are some."""
     out: dict[str, Any] = {"v": PAYLOAD_VERSION, "state": state, "since": iso_utc(since_s), "model_ref": model_ref}
     if detail:
         out["detail"] = detail
+    if config_warnings:
+        out["config_warnings"] = list(config_warnings)
     return out
 
 

@@ -201,9 +201,9 @@ class Spool:
             self._make_room_for_frame(db, size)
             db.execute(
                 "INSERT OR IGNORE INTO frames (frame_id, camera, captured_at_ns, width, height, scale, "
-                "bytes, crc32, jpeg) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "bytes, crc32, jpeg, offset_x, offset_y) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (job.frame_id, job.camera, job.captured_at_ns, job.width, job.height, job.scale, size,
-                 _crc(job.jpeg), job.jpeg))
+                 _crc(job.jpeg), job.jpeg, job.offset_x, job.offset_y))
             if db.execute("SELECT changes()").fetchone()[0]:
                 self._frame_bytes += size
 
@@ -233,8 +233,8 @@ class Spool:
         with self._lock:
             while True:
                 row = self._db.execute(
-                    "SELECT id, frame_id, camera, captured_at_ns, width, height, scale, attempts, crc32, jpeg "
-                    f"FROM frames {self._unleased()} ORDER BY id LIMIT 1").fetchone()
+                    "SELECT id, frame_id, camera, captured_at_ns, width, height, scale, attempts, crc32, jpeg, "
+                    f"offset_x, offset_y FROM frames {self._unleased()} ORDER BY id LIMIT 1").fetchone()
                 if row is None:
                     return None
                 if _crc(row[9]) != row[8]:
@@ -242,7 +242,8 @@ class Spool:
                     continue
                 self._leased.add(row[0])
                 job = FrameJob(camera=row[2], frame_id=row[1], captured_at_ns=row[3], captured_mono=0.0,
-                               width=row[4], height=row[5], scale=row[6], jpeg=bytes(row[9]))
+                               width=row[4], height=row[5], scale=row[6], jpeg=bytes(row[9]),
+                               offset_x=row[10], offset_y=row[11])
                 return SpooledFrame(row[0], job, row[7])
 
     def _drop_corrupt(self, table: str, row_id: int, camera: str) -> None:

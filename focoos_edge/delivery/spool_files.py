@@ -34,7 +34,9 @@ CREATE TABLE IF NOT EXISTS frames (
     attempts INTEGER NOT NULL DEFAULT 0,
     bytes INTEGER NOT NULL,
     crc32 INTEGER NOT NULL,
-    jpeg BLOB NOT NULL
+    jpeg BLOB NOT NULL,
+    offset_x REAL NOT NULL DEFAULT 0,
+    offset_y REAL NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -90,6 +92,7 @@ def connect(path: Path, budget: Budget) -> sqlite3.Connection:
         db.executescript(SCHEMA)
         db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         check_schema(db)
+        _add_crop_offsets(db)  # after the check: never ALTER another program's table
     except sqlite3.DatabaseError:
         db.close()
         raise
@@ -113,6 +116,14 @@ def check_schema(db: sqlite3.Connection) -> None:
         found = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
         if not expected <= found:
             raise sqlite3.DatabaseError(f"table {table} lacks {sorted(expected - found)}: not a focoos-edge spool")
+
+
+def _add_crop_offsets(db: sqlite3.Connection) -> None:
+    """Spools written before crops existed lack the offset columns: add them (0 = no crop)."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(frames)")}
+    for name in ("offset_x", "offset_y"):
+        if name not in columns:
+            db.execute(f"ALTER TABLE frames ADD COLUMN {name} REAL NOT NULL DEFAULT 0")
 
 
 def _configure(db: sqlite3.Connection, b: Budget) -> None:

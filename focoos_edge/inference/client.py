@@ -10,7 +10,6 @@ The errors (``FocoosError`` and its subclasses, each with ``.retryable`` and ``.
 
 from __future__ import annotations
 
-import dataclasses
 import http.client
 import http.cookiejar
 import logging
@@ -18,7 +17,7 @@ import math
 import socket
 import ssl
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -38,7 +37,6 @@ from focoos_edge.inference.errors import (
     TransientError,
 )
 from focoos_edge.inference.parse import (
-    Detection,
     InferenceResult,
     ModelInfo,
     error_detail,
@@ -46,6 +44,7 @@ from focoos_edge.inference.parse import (
     parse_model_info,
     parse_retry_after,
 )
+from focoos_edge.inference.quota import AccountQuota, parse_account
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +105,13 @@ class FocoosClient:
             raise self._status_error(status, body, headers, model_ref)
         _check_json_reply(headers, body)
         return parse_model_info(body, model_ref)
+
+    def account_quota(self) -> AccountQuota:
+        """``GET user/``: the account's inference quota (its e-mail and key are not read)."""
+        status, body, headers = self._request("GET", "user/")
+        if status != 200:
+            raise self._status_error(status, body, headers, "user/")
+        return parse_account(body)
 
     def infer(self, model_ref: str, jpeg: bytes, threshold: float) -> InferenceResult:
         """Upload one JPEG for inference; boxes come back in the uploaded image's pixels."""
@@ -292,32 +298,3 @@ def format_threshold(threshold: float) -> str:
         raise ValueError("threshold must be a number between 0 and 1")
     text = f"{float(threshold):.6f}".rstrip("0")
     return text + "0" if text.endswith(".") else text
-
-
-def scale_detections(dets: Iterable[Detection], scale: float, width: int, height: int) -> tuple[Detection, ...]:
-    """Map boxes (and keypoints) from uploaded-image pixels back to original-frame pixels.
-
-    ``scale`` is uploaded size / original size, so coordinates are divided by it, then clipped to
-    ``[0, width] x [0, height]`` and rounded to 1 decimal. Detections without a box pass unchanged.
-    """
-    if isinstance(scale, bool) or not (math.isfinite(scale) and scale > 0):
-        raise ValueError("scale must be a positive finite number")
-
-    def x(v: float) -> float:
-        return _clip(v / scale, width)
-
-    def y(v: float) -> float:
-        return _clip(v / scale, height)
-
-    out = []
-    for det in dets:
-        bbox = None if det.bbox is None else (x(det.bbox[0]), y(det.bbox[1]), x(det.bbox[2]), y(det.bbox[3]))
-        keypoints = None if det.keypoints is None else tuple(
-            (x(p[0]), y(p[1]), *p[2:]) for p in det.keypoints
-        )
-        out.append(dataclasses.replace(det, bbox=bbox, keypoints=keypoints))
-    return tuple(out)
-
-
-def _clip(value: float, upper: float) -> float:
-    return round(min(max(value, 0.0), float(upper)), 1) + 0.0  # + 0.0 turns -0.0 into 0.0

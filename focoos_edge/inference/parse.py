@@ -38,8 +38,12 @@ class Detection:
     conf: float
     bbox: tuple[float, float, float, float] | None
     has_mask: bool = False
-    keypoints: tuple[tuple[float, ...], ...] | None = None
-    mask: str | None = field(default=None, repr=False)  # base64 PNG, bbox-cropped, uploaded-image pixels
+    keypoints: tuple[tuple[float, ...], ...] | None = None  # (x, y, score) each
+    mask_png: str | None = field(default=None, repr=False)  # base64 PNG as received, bbox-cropped, upload px
+    # Outer contours traced from mask_png (inference/masks.py), each a tuple of (x, y) points; in
+    # uploaded-image pixels until inference/geometry.py maps them to the original frame.
+    mask: tuple[tuple[tuple[float, float], ...], ...] | None = field(default=None, repr=False)
+    broken: tuple[str, ...] = ()  # parts of the reply dropped as malformed: "mask", "keypoints"
 
 
 @dataclass(frozen=True)
@@ -200,21 +204,25 @@ def _parse_detection(raw: object, where: str) -> Detection:
         cls_id = int(cls_id)
     else:
         cls_id = None
+    keypoints, broken = _parse_keypoints(raw.get("keypoints"), where)
+    mask = raw.get("mask")
+    if mask is not None and not (isinstance(mask, str) and mask):
+        broken += ("mask",)
     return Detection(label=label if isinstance(label, str) else None, cls_id=cls_id, conf=float(conf),
-                     bbox=bbox, has_mask=bool(raw.get("mask")),
-                     mask=raw["mask"] if isinstance(raw.get("mask"), str) and raw["mask"] else None,
-                     keypoints=_parse_keypoints(raw.get("keypoints"), where))
+                     bbox=bbox, has_mask=bool(mask), mask_png=mask if isinstance(mask, str) and mask else None,
+                     keypoints=keypoints, broken=broken)
 
 
-def _parse_keypoints(raw: object, where: str) -> tuple[tuple[float, ...], ...] | None:
+def _parse_keypoints(raw: object, where: str) -> tuple[tuple[tuple[float, ...], ...] | None, tuple[str, ...]]:
+    """The keypoints as (x, y, score) triples, or None and ``("keypoints",)`` when they are not."""
     if raw is None:
-        return None
+        return None, ()
     if isinstance(raw, list) and all(
-        isinstance(p, list) and len(p) >= 2 and all(_is_number(v) for v in p) for p in raw
+        isinstance(p, list) and len(p) == 3 and all(_is_number(v) for v in p) for p in raw
     ):
-        return tuple(tuple(float(v) for v in p) for p in raw)
+        return tuple(tuple(float(v) for v in p) for p in raw), ()
     log.debug("ignoring unusable %s.keypoints", where)  # optional data: not worth rejecting the frame
-    return None
+    return None, ("keypoints",)
 
 
 def _parse_latency(raw: object) -> dict[str, float]:

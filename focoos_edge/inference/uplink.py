@@ -30,7 +30,8 @@ from focoos_edge.inference.errors import (
     ModelNotFoundError,
     RateLimitedError,
 )
-from focoos_edge.inference.parse import InferenceResult
+from focoos_edge.inference.parse import InferenceResult, ModelInfo
+from focoos_edge.inference.quota import QUOTA_EXHAUSTED, QuotaWatch
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +157,11 @@ class Uplink:
                  queue: LiveQueue, spool: Spool, on_result: Callable[[FrameJob, InferenceResult, Delivery], None],
                  health: InferenceHealth, stop: threading.Event, default_route: CameraRoute,
                  max_in_flight: int = 4, max_attempts: int = 3, probe_interval_s: float = 60.0,
-                 retry_after_max_s: float = 300.0):
+                 retry_after_max_s: float = 300.0,
+                 on_model: Callable[[ModelInfo], None] | None = None, quota: QuotaWatch | None = None):
         self.client = client
+        self.quota = quota
+        self._on_model = on_model or (lambda info: None)
         self.default_route = default_route
         self.model_ref = model_ref
         self.routes = routes
@@ -166,7 +170,7 @@ class Uplink:
         self.health = health
         self.counters: defaultdict[str, UplinkCounters] = defaultdict(UplinkCounters)
         self.in_flight: Counter = Counter()  # camera -> frames being processed now
-        self.model_info = None
+        self.model_info: ModelInfo | None = None
         self.last_progress = time.monotonic()
         self._on_result = on_result
         self._stop = stop
@@ -179,6 +183,7 @@ class Uplink:
         self._empty_generation = -1  # spool.frames_generation when take_frame() last found nothing
         self.loops: list[Loop] = []
         self._probe_backoff = Backoff(1.0, probe_interval_s, jitter="equal")
+        self._not_ready_backoff = Backoff(2.0, probe_interval_s, jitter="equal")
         self._lock = threading.Lock()
 
     @property
@@ -224,9 +229,12 @@ class Uplink:
 
     # -- model probe --------------------------------------------------------------
     def probe_step(self) -> float:
-        """Fetch model info at start (retrying transient errors); re-probe while uploads are paused.
-        Returns the seconds until the next check."""
-        if self.model_info is not None and not self.health.paused.is_set():
+        """Fetch model info at start (retrying transient errors); re-probe while uploads are paused;
+        re-read the account's quota when it is due. Returns the seconds until the next check."""
+        if self.quota is not None:
+            self.quota.turn(self.health)
+        if self.health.state == QUOTA_EXHAUSTED or (
+                self.model_info is not None and not self.health.paused.is_set()):
             return 1.0
         try:
             self._check_model()
@@ -234,20 +242,26 @@ class Uplink:
             self._note_error(None, exc)
             return self._probe_backoff.next_delay() if exc.retryable else self.probe_interval_s
         self._probe_backoff.reset()
-        # Still paused (model not ready): check again later, not in a loop.
+        if self.health.state == MODEL_NOT_READY:  # a model still training: sooner than probe_interval_s
+            return self._not_ready_backoff.next_delay()
+        self._not_ready_backoff.reset()
+        # Still paused: check again later, not in a loop.
         return self.probe_interval_s if self.health.paused.is_set() else 0.0
 
     def _check_model(self) -> None:
         info = self.client.model_info(self.model_ref)
         self.model_info = info
-        log.info("model %s: task=%s status=%s classes=%d", info.ref, info.task, info.status,
-                 len(info.classes))
+        log.info("model %s: task=%s status=%s classes=%d im_size=%s", info.ref, info.task, info.status,
+                 len(info.classes), info.im_size)
+        self._on_model(info)
         if info.ready:
             self.health.set(OK)
         else:
-            log.warning("model %s is not ready for inference (status %s); trying anyway",
-                        self.model_ref, info.status)
-            self.health.set(MODEL_NOT_READY, f"status {info.status}")
+            # Frames wait in the spool (not sent, not dropped) until the model is ready.
+            if self.health.state != MODEL_NOT_READY:
+                log.warning("model %s is not ready for inference (status %s); frames are spooled and "
+                            "the model re-checked with backoff", self.model_ref, info.status)
+            self.health.set(MODEL_NOT_READY, f"status {info.status}", pause=True)
 
     # -- workers ------------------------------------------------------------------
     def _worker_step(self, may_drain_backlog: bool) -> Callable[[], float]:
@@ -406,6 +420,9 @@ class Uplink:
     def _note_error(self, camera: str | None, exc: FocoosError) -> None:
         if camera is not None:
             self.counters[camera].errors[exc.reason] += 1
+        if self.quota is not None and self.quota.explains(exc):
+            self.quota.report(self.health, exc)
+            return
         pause = isinstance(exc, (AuthError, ModelNotFoundError))
         if self.health.state != exc.reason:
             log.error("inference: %s%s", exc, "; uploads paused, re-checking periodically" if pause else "")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import sqlite3
 import threading
 import time
@@ -10,8 +11,10 @@ from collections import Counter
 
 from focoos_edge import __version__
 from focoos_edge.capture.encode import FrameJob, JpegEncoder
+from focoos_edge.capture.frameprep import ModelImSize
 from focoos_edge.capture.worker import CameraWorker, CaptureSettings
 from focoos_edge.common.loop import Loop
+from focoos_edge.config.classcheck import class_warnings, label_references
 from focoos_edge.config.load import ConfigError
 from focoos_edge.config.models import Config, load_config
 from focoos_edge.delivery.messages import (
@@ -25,8 +28,11 @@ from focoos_edge.delivery.messages import (
 )
 from focoos_edge.delivery.publisher import MqttSettings, Publisher
 from focoos_edge.delivery.spool import Spool, SpoolError
-from focoos_edge.inference.client import FocoosClient, scale_detections
-from focoos_edge.inference.parse import InferenceResult
+from focoos_edge.inference.client import FocoosClient
+from focoos_edge.inference.geometry import scale_detections
+from focoos_edge.inference.masks import trace_masks
+from focoos_edge.inference.parse import InferenceResult, ModelInfo
+from focoos_edge.inference.quota import QuotaWatch
 from focoos_edge.inference.uplink import CameraRoute, Delivery, InferenceHealth, LiveQueue, Uplink
 from focoos_edge.service.logs import set_level
 from focoos_edge.service.metrics import MetricsServer
@@ -57,11 +63,12 @@ def capture_settings(cam) -> CaptureSettings:
     """Capture settings of one `cameras[]` entry."""
     return CaptureSettings(
         name=cam.name, source=cam.parsed_source, sample_fps=cam.sample_fps,
-        max_side=cam.max_side, jpeg_quality=cam.jpeg_quality, loop=cam.loop,
+        max_side=cam.fixed_max_side, jpeg_quality=cam.jpeg_quality, loop=cam.loop,
         open_timeout_s=cam.open_timeout_s, read_timeout_s=cam.read_timeout_s,
         decode=cam.decode, decode_threads=cam.decode_threads, usb_mjpeg=cam.usb_mjpeg,
         motion_threshold=cam.motion_threshold, motion_heartbeat_s=cam.motion_heartbeat_s,
         max_inferences_per_hour=cam.max_inferences_per_hour,
+        privacy_masks=cam.privacy_masks, crop=cam.crop,
     )
 
 
@@ -101,10 +108,16 @@ class Daemon:
         self.queue = LiveQueue(per_camera=1)
         self.health = InferenceHealth(self._on_inference_state)
         self.cameras = {cam.name: cam for cam in config.cameras}
+        self.im_size = ModelImSize()  # learnt from the model info; sizes the uploads of max_side: auto
+        self.config_warnings: list[str] = []  # labels naming classes the model lacks
+        self._upload_sides: dict[str, int] = {}  # logged upload size per camera
         self.uplink = Uplink(self._make_client(config), inf.model_ref, self._routes(config), self.queue,
                              self.spool, self._on_result, self.health, stop,
                              default_route=CameraRoute(threshold=inf.threshold), max_in_flight=inf.max_in_flight,
-                             probe_interval_s=inf.recheck_interval_s, retry_after_max_s=inf.retry_after_max_s)
+                             probe_interval_s=inf.recheck_interval_s, retry_after_max_s=inf.retry_after_max_s,
+                             on_model=self._on_model,
+                             quota=QuotaWatch(lambda: self.uplink.client.account_quota(),
+                                              inf.quota_check_interval_s))
         self.workers: dict[str, CameraWorker] = {}
         self.metrics: MetricsServer | None = None
         self.reloads = 0
@@ -190,7 +203,8 @@ class Daemon:
         self.state_lock.release()
 
     def _start_camera(self, cam) -> None:
-        worker = CameraWorker(capture_settings(cam), self._on_job, self._on_camera_state, threading.Event())
+        worker = CameraWorker(capture_settings(cam), self._on_job, self._on_camera_state, threading.Event(),
+                              im_size=self.im_size)
         self.workers[cam.name] = worker
         self._on_camera_state(cam.name, worker.state, None)
         worker.start()
@@ -259,6 +273,8 @@ class Daemon:
             if name not in self.workers:
                 self._start_camera(cam)
         self.features.configure(self.config)
+        if self.uplink.model_info is not None:  # labels may have changed: check them again
+            self._on_model(self.uplink.model_info)
         self.reloads += 1
         log.info("reload %d applied: %d camera(s): %s", self.reloads, len(new_cams), ", ".join(new_cams))
         return True
@@ -324,14 +340,37 @@ class Daemon:
 
     def _on_inference_state(self, state: str, detail: str | None) -> None:
         self.publisher.set_state(self.topics.inference, inference_state_payload(
-            state, time.time(), self.config.inference.model_ref, detail))
+            state, time.time(), self.config.inference.model_ref, detail, self.config_warnings))
+
+    def _on_model(self, info: ModelInfo) -> None:
+        """The model info arrived (at start, and after every re-check): size the uploads, check the
+        config's labels against the model's classes."""
+        self.im_size.set(info.im_size)
+        warnings = class_warnings(label_references(self.config), info.classes, info.ref)
+        if warnings != self.config_warnings:
+            for line in warnings:
+                log.warning("config: %s", line)
+            self.config_warnings = warnings
+        for cam in self.config.cameras:
+            side = cam.fixed_max_side or self.im_size.side
+            if self._upload_sides.get(cam.name) != side:  # once, not at every re-check of the model
+                self._upload_sides[cam.name] = side
+                log.info("camera %s: uploads %d px on the long side (%s)", cam.name, side,
+                         "max_side" if cam.fixed_max_side else f"auto: the model's im_size {info.im_size}"
+                         if info.im_size else "auto: the model gives no im_size, the default")
 
     def _on_result(self, job: FrameJob, result: InferenceResult, delivery: Delivery) -> None:
         cam = self.cameras.get(job.camera)  # None: spooled by a camera since removed from the config
         threshold = self.config.threshold_for(cam) if cam else self.config.inference.threshold
-        kept = [d for d in scale_detections(result.detections, job.scale, job.width, job.height)
+        mapped = scale_detections(trace_masks(
+            result.detections, polygons=cam is None or cam.masks == "polygons",
+            upload_w=math.ceil(job.width * job.scale), upload_h=math.ceil(job.height * job.scale)), job)
+        kept = [d for d in mapped
                 if keeps(d.label, d.conf, cam.labels if cam else None, threshold, cam.thresholds if cam else None)]
-        dets = [detection_dict(d.label, d.cls_id, d.conf, d.bbox) for d in kept]
+        if broken := sum(1 for d in mapped if d.broken):
+            self.uplink.counters[job.camera].errors["malformed_mask"] += broken
+        dets = [detection_dict(d.label, d.cls_id, d.conf, d.bbox, mask=d.mask, keypoints=d.keypoints)
+                for d in kept]
         now_ns = time.time_ns()
         # A message built while the broker is down waits in the outbox: it is replayed as well.
         replayed = delivery.replayed or not self.publisher.connected.is_set()
@@ -413,7 +452,13 @@ class Daemon:
             "spool": self.spool.stats(),
             "cameras": {cam: self._camera_stats(cam, acc) for cam, acc in self.accounting().items()},
             **({"thread_restarts": restarts} if (restarts := self.restarts()) else {}),
+            **self._quota_stats(),
         }
+
+    def _quota_stats(self) -> dict:
+        """`quota` whenever the account endpoint answered (v1.1)."""
+        last = self.uplink.quota.last if self.uplink.quota else None
+        return {"quota": last.as_stats()} if last else {}
 
     def status_line(self) -> str:
         """One short line for `systemctl status`."""

@@ -1,11 +1,12 @@
 """Annotated snapshots: boxes, segmentation masks and `label NN%` in the Focoos palette, drawn with
 OpenCV only (the equivalent of the Focoos SDK's `annotate_image`), plus the per-camera rate limit.
 
-Coordinates: `bbox` values are multiplied by `scale` to reach the pixels of the image drawn on
-(the daemon draws original-frame boxes on the uploaded JPEG: `scale=job.scale`). Masks are in the
-pixels of that image, as the server returns them for the uploaded JPEG: a base64 single-channel
-PNG cropped to the box with its origin at (x1, y1); older servers sent full-frame masks, which are
-recognised by having the image's exact size. Masks are clipped to the image.
+Coordinates: `bbox`, mask polygons and keypoints are original-frame pixels; `(v - offset) * scale`
+reaches the pixels of the image drawn on (the daemon draws on the uploaded JPEG: `scale=job.scale`,
+`offset` = the crop's corner). A mask is either polygons (what the daemon publishes) or, as the
+server returns it for the uploaded JPEG, a base64 single-channel PNG in that image's pixels cropped
+to the box with its origin at (x1, y1); older servers sent full-frame masks, which are recognised
+by having the image's exact size. Masks are clipped to the image.
 """
 
 from __future__ import annotations
@@ -55,9 +56,12 @@ def label_text(label: str | None, cls_id: int | None, conf: float) -> str:
     return f"{name} {round(float(conf) * 100):d}%"
 
 
-def _field(det: Any, name: str) -> Any:
-    """Detections may be message dicts or focoos.Detection objects."""
-    return det.get(name) if isinstance(det, Mapping) else getattr(det, name, None)
+def _field(det: Any, name: str, fallback: str | None = None) -> Any:
+    """Detections may be message dicts or focoos.Detection objects; `fallback`: a second name."""
+    value = det.get(name) if isinstance(det, Mapping) else getattr(det, name, None)
+    if value is None and fallback is not None:
+        return _field(det, fallback)
+    return value
 
 
 def decode_mask(b64_png: str) -> np.ndarray | None:
@@ -102,17 +106,48 @@ class _Item:
     text: str
     box: tuple[int, int, int, int] | None  # output pixels
     mask: tuple[int, int, np.ndarray] | None  # output pixels
+    keypoints: tuple[tuple[int, int], ...] = ()  # output pixels
 
 
-def _prepare(det: Any, src_w: int, src_h: int, scale: float, out_f: float) -> _Item:
+def _polygon_mask(polygons: Any, f: float, offset: tuple[float, float], width: int,
+                  height: int) -> tuple[int, int, np.ndarray] | None:
+    """Polygons (original-frame pixels) rasterised on a ``width`` x ``height`` canvas."""
+    try:
+        pts = [np.round((np.asarray(p, np.float64) - offset) * f).astype(np.int32) for p in polygons]
+    except (TypeError, ValueError):
+        return None
+    pts = [p for p in pts if p.ndim == 2 and p.shape[0] >= 3 and p.shape[1] == 2]
+    if not pts:
+        return None
+    canvas = np.zeros((height, width), np.uint8)
+    cv2.fillPoly(canvas, pts, 1)
+    return 0, 0, canvas > 0
+
+
+def _keypoints(det: Any, f: float, offset: tuple[float, float]) -> tuple[tuple[int, int], ...]:
+    points = _field(det, "keypoints") or ()
+    try:
+        return tuple((round((float(p[0]) - offset[0]) * f), round((float(p[1]) - offset[1]) * f)) for p in points)
+    except (TypeError, ValueError, IndexError):
+        return ()
+
+
+def _prepare(det: Any, src_w: int, src_h: int, scale: float, out_f: float,
+             offset: tuple[float, float] = (0.0, 0.0)) -> _Item:
     bbox = _field(det, "bbox")
-    bbox_src = None if bbox is None else [float(v) * scale for v in bbox]
+    bbox_src = None if bbox is None else [(float(v) - offset[i % 2]) * scale for i, v in enumerate(bbox)]
     mask = None
-    if isinstance(b64 := _field(det, "mask"), str) and b64:
+    polygons = _field(det, "mask")
+    if isinstance(polygons, (list, tuple)) and polygons:
+        mask = _polygon_mask(polygons, scale * out_f, offset, round(src_w * out_f), round(src_h * out_f))
+        out_f_mask = 1.0  # already in output pixels
+    else:
+        out_f_mask = out_f
+    if isinstance(b64 := _field(det, "mask_png", "mask"), str) and b64 and mask is None:
         bits = decode_mask(b64)
         if bits is not None:
             mask = place_mask(bits, bbox_src, src_w, src_h)
-    if mask is not None and out_f != 1.0:
+    if mask is not None and out_f_mask != 1.0:
         x0, y0, crop = mask
         ox0, oy0 = round(x0 * out_f), round(y0 * out_f)
         ow = max(1, round((x0 + crop.shape[1]) * out_f) - ox0)
@@ -122,7 +157,8 @@ def _prepare(det: Any, src_w: int, src_h: int, scale: float, out_f: float) -> _I
     box = None if bbox_src is None else tuple(round(v * out_f) for v in bbox_src)
     cls_id = _field(det, "cls_id")
     return _Item(colour_for(cls_id if isinstance(cls_id, int) else None),
-                 label_text(_field(det, "label"), cls_id, _field(det, "conf") or 0.0), box, mask)
+                 label_text(_field(det, "label"), cls_id, _field(det, "conf") or 0.0), box, mask,
+                 _keypoints(det, scale * out_f, offset))
 
 
 def _fill_mask(img: np.ndarray, placed: tuple[int, int, np.ndarray], colour: tuple[int, int, int]) -> None:
@@ -155,11 +191,12 @@ def _draw_label(img: np.ndarray, text: str, colour: tuple[int, int, int], anchor
 
 
 def annotate(bgr: np.ndarray, detections: Iterable[Any], height: int | None = None,
-             scale: float = 1.0) -> np.ndarray:
+             scale: float = 1.0, offset: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
     """A new BGR image: `bgr` resized to `height` (aspect kept; None: as is) with masks, boxes and
     `label NN%` tags drawn in the class's palette colour. `detections` are message dicts or
     focoos.Detection objects (`label`, `cls_id`, `conf`, `bbox`, optional `mask`); see the module
-    docstring for `scale`. Detections without a box get their tag in the top-left corner."""
+    docstring for `scale` and `offset`. Keypoints are drawn as dots. Detections without a box get
+    their tag in the top-left corner."""
     if bgr.ndim != 3 or bgr.shape[2] != 3 or bgr.dtype != np.uint8:
         raise SnapshotError("expected an 8-bit BGR image")
     src_h, src_w = bgr.shape[:2]
@@ -170,7 +207,7 @@ def annotate(bgr: np.ndarray, detections: Iterable[Any], height: int | None = No
         img = cv2.resize(bgr, (out_w, int(height)), interpolation=interp)
     else:
         img = bgr.copy()
-    items = [_prepare(d, src_w, src_h, scale, out_f) for d in detections]
+    items = [_prepare(d, src_w, src_h, scale, out_f, offset) for d in detections]
     # Masks first, then boxes, then tags: tags stay readable over everything else.
     for item in items:
         if item.mask is not None:
@@ -182,6 +219,8 @@ def annotate(bgr: np.ndarray, detections: Iterable[Any], height: int | None = No
     for item in items:
         if item.box is not None:
             cv2.rectangle(img, item.box[:2], item.box[2:], item.colour, thickness)
+        for point in item.keypoints:
+            cv2.circle(img, point, thickness + 1, item.colour, cv2.FILLED)
     corner_y = 0
     for item in items:
         if item.box is not None:
@@ -192,13 +231,14 @@ def annotate(bgr: np.ndarray, detections: Iterable[Any], height: int | None = No
 
 
 def render_snapshot(jpeg: bytes, detections: Iterable[Any], *, scale: float = 1.0,
-                    height: int | None = None, quality: int = 80) -> bytes:
+                    height: int | None = None, quality: int = 80,
+                    offset: tuple[float, float] = (0.0, 0.0)) -> bytes:
     """Decode `jpeg`, annotate it (see `annotate`), encode it again: the snapshot topic's payload.
     Thread-safe (OpenCV codecs, no shared state), so uplink workers may call it directly."""
     img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
     if img is None:
         raise SnapshotError("the frame is not a decodable JPEG")
-    ok, buf = cv2.imencode(".jpg", annotate(img, detections, height=height, scale=scale),
+    ok, buf = cv2.imencode(".jpg", annotate(img, detections, height=height, scale=scale, offset=offset),
                            [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     if not ok:
         raise SnapshotError("JPEG encoding of the snapshot failed")

@@ -93,7 +93,7 @@ class SubscriberFeatures:
             return
         try:
             jpeg = render_snapshot(job.jpeg, kept, scale=job.scale, height=cam.snapshot.height,
-                                   quality=cam.snapshot.quality)
+                                   quality=cam.snapshot.quality, offset=(job.offset_x, job.offset_y))
         except SnapshotError as exc:
             log.warning("camera %s: no snapshot: %s", job.camera, exc)
             return

@@ -6,11 +6,18 @@ Pure helpers with no HTTP: :func:`draw_markers` puts markers into a frame (tests
 
 from __future__ import annotations
 
+import base64
+import math
+
 import cv2
 import numpy as np
 
 NUM_MARKER_IDS = 50  # DICT_4X4_50
 CLASSES = tuple(f"aruco_{i}" for i in range(NUM_MARKER_IDS))
+# The local "models": one detector, answered the way each Focoos task answers.
+DETECTION, INSTSEG, KEYPOINT, CLASSIFICATION = "detection", "instseg", "keypoint", "classification"
+MODEL_TASKS = {"local-aruco": DETECTION, "local-aruco-seg": INSTSEG, "local-aruco-kp": KEYPOINT,
+               "local-aruco-cls": CLASSIFICATION}
 
 
 def _aruco_dictionary() -> cv2.aruco.Dictionary:
@@ -48,8 +55,33 @@ def draw_markers(frame: np.ndarray, markers: list[tuple[int, int, int, int]]) ->
         frame[y:y + size, x:x + size] = tile if frame.ndim == 2 else tile[:, :, None]
     return frame
 
-def detect_markers(detector: cv2.aruco.ArucoDetector, image: np.ndarray) -> list[dict]:
-    """Run ``detector`` on a BGR or grey image and return Focoos-style detections (no filtering)."""
+def quad_mask_png(points: np.ndarray) -> str:
+    """The marker's quad as a base64 0/255 PNG cropped to its box, origin at (floor(x1), floor(y1)),
+    as Focoos segmentation models send masks."""
+    x0, y0 = (math.floor(v) for v in points.min(axis=0))
+    x1, y1 = (math.ceil(v) for v in points.max(axis=0))
+    canvas = np.zeros((y1 - y0 + 1, x1 - x0 + 1), np.uint8)
+    cv2.fillPoly(canvas, [np.round(points - (x0, y0)).astype(np.int32)], 255)
+    ok, png = cv2.imencode(".png", canvas)
+    return base64.b64encode(png.tobytes()).decode("ascii") if ok else ""
+
+
+def answer(found: dict, points: np.ndarray, task: str) -> dict:
+    """A detection answered as ``task`` does: classification has no box; instseg adds a mask
+    and keypoints at the quad's corners; keypoint adds the keypoints."""
+    if task == CLASSIFICATION:
+        return {k: found[k] for k in ("conf", "cls_id", "label")}
+    out = dict(found)
+    if task in (INSTSEG, KEYPOINT):
+        out["keypoints"] = [[round(float(x), 1), round(float(y), 1), 1.0] for x, y in points]
+    if task == INSTSEG:
+        out["mask"] = quad_mask_png(points)
+    return out
+
+
+def detect_markers(detector: cv2.aruco.ArucoDetector, image: np.ndarray, task: str = DETECTION) -> list[dict]:
+    """Run ``detector`` on a BGR or grey image and return Focoos-style detections (no filtering),
+    answered as the model ``task`` would (see :func:`answer`)."""
     if hasattr(detector, "detectMarkersWithConfidence"):
         corners, ids, scores, _ = detector.detectMarkersWithConfidence(image)
     else:  # OpenCV < 4.12 has no per-marker confidence: every decoded marker is certain.
@@ -62,10 +94,10 @@ def detect_markers(detector: cv2.aruco.ArucoDetector, image: np.ndarray) -> list
         points = quad.reshape(-1, 2)
         x1, y1 = points.min(axis=0)
         x2, y2 = points.max(axis=0)
-        detections.append({
+        detections.append(answer({
             "bbox": [round(float(v), 1) for v in (x1, y1, x2, y2)],
             "conf": round(float(score), 4),
             "cls_id": int(marker_id),
             "label": CLASSES[int(marker_id)],
-        })
+        }, points, task))
     return detections

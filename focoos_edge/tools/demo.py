@@ -118,7 +118,7 @@ stats_interval_s: 5
 inference:
   api_url: {api_url}
   api_key: {DEMO_KEY}
-  model_ref: local-aruco
+  model_ref: local-aruco-seg          # the local segmentation model: masks and keypoints too
   threshold: 0.5
 mqtt:
   host: 127.0.0.1
@@ -128,8 +128,10 @@ cameras:
   - name: demo_cam
     source: file://{clip}
     sample_fps: 2
-    max_side: 640
+    max_side: auto                      # the model's im_size
     jpeg_quality: 80
+    privacy_masks:                      # the caption is blacked out before anything leaves the camera
+      - [[0.0, 0.86], [0.5, 0.86], [0.5, 1.0], [0.0, 1.0]]
     snapshot:
       min_interval_s: 5
 """)

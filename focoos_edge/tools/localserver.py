@@ -30,8 +30,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import cv2
 import numpy as np
 
-from focoos_edge.tools import LOCAL_SERVER_KEY_ENV, LOCAL_SERVER_PORT
-from focoos_edge.tools.aruco import CLASSES, detect_markers, new_detector
+from focoos_edge.tools import LOCAL_SERVER_IM_SIZE, LOCAL_SERVER_KEY_ENV, LOCAL_SERVER_PORT
+from focoos_edge.tools.account import Quota, account_payload
+from focoos_edge.tools.aruco import CLASSES, DETECTION, MODEL_TASKS, detect_markers, new_detector
 from focoos_edge.tools.imageheader import image_pixels
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ MAX_PIXELS = 16_000_000  # 4K is 8.3 MP
 MAX_CONNECTIONS = 32  # handler threads at once; more connections are refused with a 503
 REQUEST_DEADLINE_S = 30.0  # a request, first byte to reply, and its body: a trickle cannot hold a thread
 API_KEY_ENV = LOCAL_SERVER_KEY_ENV
-MODEL_IM_SIZE = 640
+MODEL_IM_SIZE = LOCAL_SERVER_IM_SIZE
 MODEL_DESCRIPTION = "ArUco DICT_4X4_50 marker detector (OpenCV, CPU)"
 # Idle keep-alive connections (and stalled uploads) are dropped after this, so handler threads end.
 CONNECTION_IDLE_TIMEOUT_S = 60.0
@@ -104,11 +105,15 @@ class LocalServer:
     """A Focoos-compatible HTTP server on ``host:port`` (port 0 picks a free port).
 
     ``api_key=None`` accepts any non-blank key. ``latency_s`` delays every inference reply to
-    simulate a cloud round trip. ``models`` are the refs served; all run the ArUco detector.
+    simulate a cloud round trip. ``models`` are the refs served; all run the ArUco detector, and
+    answer as their task in ``aruco.MODEL_TASKS`` does (detection for any other ref): ``local-aruco-seg``
+    adds masks and keypoints, ``local-aruco-kp`` keypoints, ``local-aruco-cls`` classifies. ``im_size``
+    is what the model info says; ``quota`` meters inference (refused with 429 once used up).
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT, api_key: str | None = None,
-                 latency_s: float = 0.0, models: tuple[str, ...] = (DEFAULT_MODEL_REF,)) -> None:
+                 latency_s: float = 0.0, models: tuple[str, ...] = tuple(MODEL_TASKS),
+                 im_size: int | list[int] = MODEL_IM_SIZE, quota: Quota | None = None) -> None:
         if latency_s < 0:
             raise ValueError("latency_s must be >= 0")
         if not models:
@@ -118,6 +123,8 @@ class LocalServer:
         self._api_key = api_key.encode("utf-8") if api_key else None
         self._latency_s = latency_s
         self._models = tuple(models)
+        self._im_size = im_size
+        self.quota = quota or Quota()
         self._created_at = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         self._stopping = threading.Event()
         self._httpd: _HTTPServer | None = None
@@ -226,22 +233,22 @@ class LocalServer:
         return handler() if method == allowed else (405, {"detail": "Method Not Allowed"})
 
     def _list_models(self) -> tuple[int, list[dict]]:
-        return 200, [{"ref": ref, "name": ref, "task": "detection", "status": "TRAINING_COMPLETED",
+        return 200, [{"ref": ref, "name": ref, "task": MODEL_TASKS.get(ref, DETECTION),
+                      "status": "TRAINING_COMPLETED",
                       "description": MODEL_DESCRIPTION, "focoos_model": ref} for ref in self._models]
 
     def _model_info(self, ref: str) -> tuple[int, dict]:
         if ref not in self._models:
             return 404, {"detail": "Model not found"}
         return 200, {
-            "ref": ref, "name": ref, "task": "detection", "status": "TRAINING_COMPLETED",
-            "description": MODEL_DESCRIPTION, "classes": list(CLASSES), "im_size": MODEL_IM_SIZE,
+            "ref": ref, "name": ref, "task": MODEL_TASKS.get(ref, DETECTION), "status": "TRAINING_COMPLETED",
+            "description": MODEL_DESCRIPTION, "classes": list(CLASSES), "im_size": self._im_size,
             "is_managed": False, "owner_ref": "local", "focoos_model": ref, "model_family": "opencv_aruco",
             "created_at": self._created_at, "updated_at": self._created_at,
         }
 
     def _user(self) -> tuple[int, dict]:
-        return 200, {"email": "local@localhost",
-                     "quotas": {"total_inferences": self.stats.inferences, "max_inferences": None}}
+        return 200, account_payload(self.quota, self._created_at)
 
     def _detector(self) -> cv2.aruco.ArucoDetector:
         detector = getattr(self._detectors, "detector", None)
@@ -263,9 +270,12 @@ class LocalServer:
         if image is None:
             return 400, {"detail": "Invalid image: cannot decode the uploaded file"}
         decoded = time.perf_counter()
+        if not self.quota.spend():
+            used, maximum = self.quota.snapshot()
+            return 429, {"detail": f"Inference quota exhausted ({used} of {maximum} used)"}
         grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
         preprocessed = time.perf_counter()
-        found = detect_markers(self._detector(), grey)
+        found = detect_markers(self._detector(), grey, MODEL_TASKS.get(ref, DETECTION))
         inferred = time.perf_counter()
         detections = [d for d in found if d["conf"] > threshold]
         done = time.perf_counter()
@@ -449,7 +459,13 @@ def run_from_args(args: argparse.Namespace, stop_event: threading.Event) -> int:
     if args.latency_ms < 0:
         log.error("--latency-ms must be >= 0")
         return 1
-    server = LocalServer(host=args.host, port=args.port, api_key=api_key, latency_s=args.latency_ms / 1000.0)
+    try:
+        quota = Quota.parse(args.quota) if args.quota else None
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 1
+    server = LocalServer(host=args.host, port=args.port, api_key=api_key, latency_s=args.latency_ms / 1000.0,
+                         im_size=args.im_size, quota=quota)
     try:
         server.start()
     except (OSError, OverflowError) as exc:  # OverflowError: port outside 0..65535

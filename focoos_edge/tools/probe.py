@@ -11,7 +11,10 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
-from focoos_edge.capture.encode import EncoderUnavailableError, JpegEncoder, resize_to_max_side
+from focoos_edge.capture.encode import JpegEncoder, resize_to_max_side
+from focoos_edge.capture.frameprep import DEFAULT_IM_SIZE, FramePrep, ModelImSize
+from focoos_edge.capture.source import ScaledFrame
+from focoos_edge.capture.turbo import EncoderUnavailableError
 from focoos_edge.capture.worker import CaptureOpenError, open_capture
 from focoos_edge.config.models import Config
 from focoos_edge.delivery.publisher import check_broker
@@ -56,8 +59,8 @@ def probe_camera(cam, out_dir: str, encoder: JpegEncoder, measure_s: float = 2.0
         fps = (len(steady) - 1) / (steady[-1] - steady[0]) if len(steady) > 2 else 0.0
         h, w = frame.shape[:2]
         path = os.path.join(out_dir, f"{cam.name}.jpg")
-        save_private(path, encoder.encode(frame, 90))
-        upload = encoder.encode(resize_to_max_side(frame, cam.max_side)[0], cam.jpeg_quality)
+        saved, upload = probe_images(cam, frame, encoder)
+        save_private(path, saved)
         return True, (f"camera {cam.name}: ok, {settings.source.display}, codec "
                       f"{fourcc_text(cap.get(cv2.CAP_PROP_FOURCC))}, {w}x{h}, stream fps "
                       f"{cap.get(cv2.CAP_PROP_FPS):.1f}, measured {fps:.1f} fps, saved {path}"), upload
@@ -90,6 +93,19 @@ def save_private(path: str, data: bytes) -> None:
         raise
 
 
+def probe_images(cam, frame: np.ndarray, encoder: JpegEncoder,
+                 im_size: int = DEFAULT_IM_SIZE) -> tuple[bytes, bytes]:
+    """The full-size picture the probe saves and the JPEG the daemon would upload, both with the
+    camera's privacy masks filled black (the upload also cropped); auto sizes with `im_size`."""
+    full = FramePrep(cam.privacy_masks).apply(ScaledFrame(frame.copy(), frame.shape[1], frame.shape[0], 1.0),
+                                              max(frame.shape[:2]))
+    small, scale = resize_to_max_side(frame, FramePrep(crop=cam.crop).source_side(cam.fixed_max_side or im_size))
+    prep = FramePrep(cam.privacy_masks, cam.crop)
+    upload = prep.apply(ScaledFrame(small.copy(), frame.shape[1], frame.shape[0], scale),
+                        cam.fixed_max_side or im_size)
+    return encoder.encode(full.image, 90), encoder.encode(upload.image, cam.jpeg_quality)
+
+
 def inference_hint(exc: FocoosError) -> str:
     """What to fix for an inference failure."""
     if isinstance(exc, AuthError):
@@ -111,9 +127,19 @@ def probe_inference(config: Config, jpeg: bytes) -> tuple[bool, str]:
     finally:
         client.close()
     ready = "ready" if info.ready else "NOT READY (training or deploy not finished)"
+    sides = ", ".join(f"{c.name} {c.fixed_max_side or upload_side(info)} px"
+                      + ("" if c.fixed_max_side else " (auto)") for c in config.cameras)
     return info.ready, (f"inference {inf.api_url}: model {info.ref} ({info.task}, {len(info.classes)} "
-                        f"classes, status {info.status}: {ready}); one inference in "
+                        f"classes, im_size {info.im_size or 'not given'}, status {info.status}: {ready}); "
+                        f"uploads: {sides}; one inference in "
                         f"{result.round_trip_s * 1000:.0f} ms, {len(result.detections)} detections")
+
+
+def upload_side(info) -> int:
+    """The long side of uploads with max_side: auto for this model."""
+    holder = ModelImSize()
+    holder.set(info.im_size)
+    return holder.side
 
 
 def probe_broker(config: Config) -> tuple[bool, str]:
