@@ -12,19 +12,12 @@ from focoos_edge import __version__
 from focoos_edge.capture.encode import FrameJob, JpegEncoder
 from focoos_edge.capture.worker import CameraWorker, CaptureSettings
 from focoos_edge.config.models import Config, ConfigError, load_config
-from focoos_edge.delivery.messages import (
-    Topics,
-    camera_state_payload,
-    detection_dict,
-    detections_payload,
-    inference_state_payload,
-    iso_utc,
-    keeps,
-)
+from focoos_edge.delivery.messages import Topics, camera_state_payload, inference_state_payload, iso_utc
 from focoos_edge.delivery.publisher import MqttSettings, Publisher
 from focoos_edge.delivery.spool import Spool, SpoolError
-from focoos_edge.inference.client import FocoosClient, InferenceResult, scale_detections
-from focoos_edge.inference.uplink import CameraRoute, Delivery, InferenceHealth, LiveQueue, Uplink
+from focoos_edge.inference.client import FocoosClient
+from focoos_edge.inference.uplink import CameraRoute, InferenceHealth, LiveQueue, Uplink
+from focoos_edge.results import Results
 from focoos_edge.service.logs import set_level
 from focoos_edge.service.metrics import MetricsServer
 from focoos_edge.service.stats import CpuMeter, accounting, percentile, rss_bytes
@@ -96,8 +89,9 @@ class Daemon:
         self.queue = LiveQueue(per_camera=1)
         self.health = InferenceHealth(self._on_inference_state)
         self.cameras = {cam.name: cam for cam in config.cameras}
+        self.results = Results(config, self.topics, self.publisher, self.spool, self.features, self._on_lost)
         self.uplink = Uplink(self._make_client(config), inf.model_ref, self._routes(config), self.queue,
-                             self.spool, self._on_result, self.health, stop,
+                             self.spool, self.results.handle, self.health, stop,
                              default_route=CameraRoute(threshold=inf.threshold), max_in_flight=inf.max_in_flight,
                              probe_interval_s=inf.recheck_interval_s)
         self.workers: dict[str, CameraWorker] = {}
@@ -241,6 +235,7 @@ class Daemon:
             if name not in self.workers:
                 self._start_camera(cam)
         self.features.configure(self.config)
+        self.results.configure(self.config)
         self.reloads += 1
         log.info("reload %d applied: %d camera(s): %s", self.reloads, len(new_cams), ", ".join(new_cams))
         return True
@@ -303,39 +298,12 @@ class Daemon:
         self.publisher.set_state(self.topics.camera_state(camera),
                                  camera_state_payload(state, time.time(), fps, detail))
 
+    def _on_lost(self, camera: str, reason: str) -> None:
+        self.uplink.counters[camera].dead_lettered[reason] += 1
+
     def _on_inference_state(self, state: str, detail: str | None) -> None:
         self.publisher.set_state(self.topics.inference, inference_state_payload(
             state, time.time(), self.config.inference.model_ref, detail))
-
-    def _on_result(self, job: FrameJob, result: InferenceResult, delivery: Delivery) -> None:
-        cam = self.cameras.get(job.camera)  # None: spooled by a camera since removed from the config
-        threshold = self.config.threshold_for(cam) if cam else self.config.inference.threshold
-        kept = [d for d in scale_detections(result.detections, job.scale, job.width, job.height)
-                if keeps(d.label, d.conf, cam.labels if cam else None, threshold, cam.thresholds if cam else None)]
-        dets = [detection_dict(d.label, d.cls_id, d.conf, d.bbox) for d in kept]
-        now_ns = time.time_ns()
-        # A message built while the broker is down waits in the outbox: it is replayed as well.
-        replayed = delivery.replayed or not self.publisher.connected.is_set()
-        inference_ms = result.round_trip_s * 1000
-        total_ms = (now_ns - job.captured_at_ns) / 1e6
-        queue_ms = 0.0 if delivery.replayed else \
-            max(0.0, total_ms - inference_ms - (job.encoded_mono - job.captured_mono) * 1000)
-        payload = detections_payload(
-            device_id=self.config.device_id, camera=job.camera, frame_id=job.frame_id,
-            captured_at_ns=job.captured_at_ns, published_at_ns=now_ns, replayed=replayed,
-            model_ref=self.config.inference.model_ref, width=job.width, height=job.height,
-            detections=dets, inference_ms=inference_ms, total_ms=total_ms, queue_ms=queue_ms,
-        )
-        try:
-            self.publisher.publish_durable(job.camera, self.topics.detections(job.camera), payload,
-                                           done_frame=delivery.frame_row)
-            self.features.on_result(job, kept, replayed)
-        except SpoolError as exc:
-            log.error("camera %s: result of frame %s not stored: %s", job.camera, job.frame_id, exc)
-            if delivery.frame_row is not None:
-                self.spool.release_frame(delivery.frame_row, attempted=False)  # retried later
-            else:
-                self.uplink.counters[job.camera].dead_lettered["spool_error"] += 1
 
     # -- stats ------------------------------------------------------------------------
     def accounting(self) -> dict[str, dict[str, int]]:
