@@ -60,6 +60,12 @@ def stalled(heartbeats: dict[str, tuple[float, float, bool]]) -> list[str]:
     return [name for name, (age_s, limit_s, alive) in heartbeats.items() if not alive or age_s > limit_s]
 
 
+def frames_only(per_camera: dict) -> dict:
+    """Drop the outbox's event streams (`camera/events`): the accounting follows frames, one
+    detections message each."""
+    return {camera: v for camera, v in per_camera.items() if "/" not in camera}
+
+
 class Daemon:
     """Runs the pipeline until `stop` is set; `reload` (SIGHUP) re-reads `config_path`."""
 
@@ -79,7 +85,8 @@ class Daemon:
         except (OSError, sqlite3.Error) as exc:
             raise SpoolError(f"cannot use state_dir {config.state_dir} for the spool: {exc}") from None
         # Frames and messages found in the spool at start belong to this run's accounting.
-        self.recovered = Counter({cam: n["frames"] + n["outbox"] for cam, n in self.spool.pending().items()})
+        self.recovered = Counter({cam: n["frames"] + n["outbox"]
+                                  for cam, n in frames_only(self.spool.pending()).items()})
         if self.recovered:
             log.info("spool: recovered %d frames/messages from the last run (%s)",
                      sum(self.recovered.values()), dict(self.recovered))
@@ -140,6 +147,7 @@ class Daemon:
             if self.notifier.watchdog_interval_s:
                 self._feed_watchdog()
             self.features.tick()
+            self.results.tick()
             if time.monotonic() >= next_stats:
                 next_stats = time.monotonic() + self.config.stats_interval_s
                 self._expire()
@@ -157,6 +165,7 @@ class Daemon:
         self.uplink.join(timeout_s=self.config.inference.timeout_s + 1.0)
         while (job := self.queue.get(0)) is not None:
             self._to_spool(job)
+        self.results.close()  # held results out, open events ended (through the outbox)
         self.publisher.flush()
         self.publisher.publish(self.topics.stats, self.stats(), qos=0)
         self.publisher.stop()
@@ -288,8 +297,10 @@ class Daemon:
 
     # -- callbacks ------------------------------------------------------------------
     def _on_job(self, job: FrameJob) -> None:
+        self.results.expect(job)
         older = self.queue.put(job)
         if older is not None:  # the uplink is busy: the older frame waits in the spool
+            self.results.forget(older)
             self._to_spool(older)
 
     def _on_camera_state(self, camera: str, state: str, detail: str | None) -> None:
@@ -311,15 +322,15 @@ class Daemon:
         sampled = Counter(self.retired_sampled)
         for name, w in self.workers.items():
             sampled[name] += w.counters.sampled
-        waiting: Counter = Counter(self.uplink.in_flight_snapshot())
-        for camera, n in self.spool.pending().items():
+        waiting: Counter = Counter(self.uplink.in_flight_snapshot()) + Counter(self.results.held())
+        for camera, n in frames_only(self.spool.pending()).items():
             waiting[camera] += n["frames"] + n["outbox"]
         for camera in sampled:
             waiting[camera] += self.queue.count(camera)
         # dict() copies are taken in one step under the GIL: other threads may add cameras meanwhile.
         return accounting(
-            sampled=sampled, recovered=self.recovered, delivered=dict(self.publisher.delivered),
-            waiting=waiting, evicted=dict(self.spool.evicted),
+            sampled=sampled, recovered=self.recovered, delivered=frames_only(dict(self.publisher.delivered)),
+            waiting=waiting, evicted={k: n for k, n in dict(self.spool.evicted).items() if "/" not in k[0]},
             dead_lettered={c: sum(dict(u.dead_lettered).values()) for c, u in dict(self.uplink.counters).items()})
 
     def _camera_stats(self, camera: str, account: dict) -> dict:
@@ -340,6 +351,7 @@ class Daemon:
             "dead_lettered_by_reason": dict(up.dead_lettered),
             "inference_ms": {"p50": percentile(up.round_trips_ms, 0.5),
                              "p95": percentile(up.round_trips_ms, 0.95)},
+            "events": self.results.stats(camera),
             **account,
         }
 

@@ -75,13 +75,15 @@ class SubscriberFeatures:
             due = gate is not None and gate.due(labels)
         self._publish_counts(changes)
         if due:
-            self._publish_snapshot(job, kept)
+            self.publish_snapshot(job, kept, snapshot_topic(self.topics.base, job.camera))
 
     def _publish_counts(self, changes: list[tuple[str, int]]) -> None:
         for topic, count in changes:
             self.publisher.publish(topic, str(count).encode(), qos=1, retain=True)
 
-    def _publish_snapshot(self, job: FrameJob, kept: Sequence[Detection]) -> None:
+    def publish_snapshot(self, job: FrameJob, kept: Sequence[Detection], topic: str) -> None:
+        """Render `kept` on the job's (already privacy-masked) JPEG and publish it retained on
+        `topic`, when the camera has snapshots on."""
         cam = next((c for c in self.config.cameras if c.name == job.camera), None)
         if cam is None or cam.snapshot is None:
             return
@@ -91,7 +93,7 @@ class SubscriberFeatures:
         except SnapshotError as exc:
             log.warning("camera %s: no snapshot: %s", job.camera, exc)
             return
-        self.publisher.publish(snapshot_topic(self.topics.base, job.camera), jpeg, qos=1, retain=True)
+        self.publisher.publish(topic, jpeg, qos=1, retain=True)
 
     # -- Home Assistant discovery ----------------------------------------------------------
     def announce(self) -> None:
