@@ -143,6 +143,7 @@ class CameraCounters:
     reconnects: int = 0
     skipped_static: int = 0  # sampled ticks held back by the scene-change gate (never produced)
     skipped_budget: int = 0  # held back because the hourly inference budget was used up
+    skipped_paused: int = 0  # sampled ticks dropped while detection is switched OFF (never produced)
     recent_grabs: list = field(default_factory=list)  # monotonic times of the last grabs, for fps
 
 
@@ -155,7 +156,8 @@ class CameraWorker(threading.Thread):
 
     def __init__(self, settings: CaptureSettings, on_job: Callable[[FrameJob], None],
                  on_state: Callable[[str, str, str | None], None], stop: threading.Event,
-                 opener: Callable[[CaptureSettings], cv2.VideoCapture] | None = None):
+                 opener: Callable[[CaptureSettings], cv2.VideoCapture] | None = None,
+                 paused: threading.Event | None = None):
         super().__init__(name=f"camera-{settings.name}", daemon=True)
         self.settings = settings
         self.counters = CameraCounters()
@@ -166,6 +168,7 @@ class CameraWorker(threading.Thread):
         self._on_state = on_state
         self.stop_event = stop
         self._opener = opener or (lambda s: open_capture(s, stop))
+        self._paused = paused or threading.Event()  # set: detect OFF (mqtt control), still streaming
         self._encoder = JpegEncoder()
         self._gate = (SceneGate(settings.motion_threshold, settings.motion_heartbeat_s)
                       if settings.motion_threshold is not None else None)
@@ -274,6 +277,9 @@ class CameraWorker(threading.Thread):
                 del recent[:128]
 
     def _sample(self, cap: cv2.VideoCapture, captured_ns: int, captured_mono: float) -> None:
+        if self._paused.is_set():  # before decoding: a paused camera costs grabbing only
+            self.counters.skipped_paused += 1
+            return
         scaled = retrieve_scaled(cap, self.settings.max_side)
         if scaled is None:
             self.counters.grab_failures += 1

@@ -17,8 +17,9 @@ from typing import Any
 
 # Schema name -> what its instance is. "json": the payload parsed as JSON; "text": the payload
 # decoded as UTF-8 (availability is the plain string online/offline, not JSON).
-SCHEMA_NAMES = ("detections", "camera_state", "inference_state", "stats", "availability", "count", "events")
-_TEXT_SCHEMAS = frozenset({"availability"})
+SCHEMA_NAMES = ("detections", "camera_state", "inference_state", "stats", "availability", "count", "events",
+                "detect_state")
+_TEXT_SCHEMAS = frozenset({"availability", "detect_state"})
 
 # Topic levels under {prefix}/{device_id}/{camera}/ that are not labels: a label with one of these
 # names gets a suffix so its count cannot overwrite the camera's own topics.
@@ -132,7 +133,8 @@ class TopicKind:
     @property
     def schema(self) -> str | None:
         return {"snapshot": None, "event_snapshot": None, "detections": "detections", "state": "camera_state",
-                "inference": "inference_state", "occupancy": "count"}.get(self.kind, self.kind)
+                "inference": "inference_state", "occupancy": "count",
+                "detect_set": None}.get(self.kind, self.kind)
 
 
 def classify_topic(topic: str, prefix: str) -> TopicKind | None:

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 from pathlib import Path
+
+from focoos_edge.common.atomic import write_json
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +57,7 @@ class OpenEventStore:
             return len(self._open)
 
     def _write(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
         try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump({"v": 1, "open": list(self._open.values())}, f, separators=(",", ":"))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
+            write_json(self.path, {"v": 1, "open": list(self._open.values())})
         except OSError as exc:
             log.error("events: cannot write %s: %s", self.path, exc)

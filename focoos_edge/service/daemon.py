@@ -18,6 +18,7 @@ from focoos_edge.delivery.spool import Spool, SpoolError
 from focoos_edge.inference.client import FocoosClient
 from focoos_edge.inference.uplink import CameraRoute, InferenceHealth, LiveQueue, Uplink
 from focoos_edge.results import Results
+from focoos_edge.service.control import DetectControl
 from focoos_edge.service.logs import set_level
 from focoos_edge.service.metrics import MetricsServer
 from focoos_edge.service.stats import CpuMeter, accounting, percentile, rss_bytes
@@ -92,6 +93,7 @@ class Daemon:
                      sum(self.recovered.values()), dict(self.recovered))
         self.publisher = Publisher(mqtt_settings(config), self.topics, self.spool)
         self.features = SubscriberFeatures(config, self.topics, self.publisher)  # announces once connected
+        self.control = DetectControl(config.state_dir, self.topics, self.publisher, config.mqtt.control)
         inf = config.inference
         self.queue = LiveQueue(per_camera=1)
         self.health = InferenceHealth(self._on_inference_state)
@@ -129,6 +131,7 @@ class Daemon:
         self.publisher.start(self.stop)
         self.metrics = self._start_metrics()
         self.uplink.start()
+        self.control.configure(self.cameras)
         for cam in self.config.cameras:
             self._start_camera(cam)
         self.notifier.ready(self.status_line())
@@ -175,7 +178,8 @@ class Daemon:
         self.spool.close()
 
     def _start_camera(self, cam) -> None:
-        worker = CameraWorker(capture_settings(cam), self._on_job, self._on_camera_state, threading.Event())
+        worker = CameraWorker(capture_settings(cam), self._on_job, self._on_camera_state, threading.Event(),
+                              paused=self.control.paused(cam.name))
         self.workers[cam.name] = worker
         self._on_camera_state(cam.name, worker.state, None)
         worker.start()
@@ -245,6 +249,7 @@ class Daemon:
                 self._start_camera(cam)
         self.features.configure(self.config)
         self.results.configure(self.config)
+        self.control.configure(new_cams)
         self.reloads += 1
         log.info("reload %d applied: %d camera(s): %s", self.reloads, len(new_cams), ", ".join(new_cams))
         return True
@@ -347,6 +352,7 @@ class Daemon:
             "inferences_last_hour": hour[0], "bytes_uploaded_last_hour": hour[1],
             "skipped_static": w.counters.skipped_static if w else 0,
             "skipped_budget": w.counters.skipped_budget if w else 0,
+            "skipped_paused": w.counters.skipped_paused if w else 0, "detect": self.control.state(camera),
             "spooled": up.spooled, "errors": dict(up.errors), "evicted_by_reason": evicted,
             "dead_lettered_by_reason": dict(up.dead_lettered),
             "inference_ms": {"p50": percentile(up.round_trips_ms, 0.5),
