@@ -44,7 +44,7 @@ class RateLimitedLog:
             self.suppressed += 1
             return
         self._last[key] = now
-        log.warning(msg + " (such lines: at most one per %.0f s)", *args, self.every_s)
+        log.warning(msg, *args)
 
 
 def parse_command(topic: str, payload: bytes, base: str) -> tuple[str, bool] | None:
@@ -107,7 +107,8 @@ class DetectControl:
         command = parse_command(topic, payload[:16], self.topics.base) if len(payload) <= 16 else None
         if command is None or command[0] not in self._cameras:
             self.ignored += 1
-            self._log.warning("bad", "control: ignored a message on %s (only ON/OFF for a configured camera)",
+            self._log.warning("bad", "control: ignored a message on %s (only ON/OFF for a configured camera; "
+                              "such lines at most every 30 s)",
                               topic[:200])
             return
         camera, on = command

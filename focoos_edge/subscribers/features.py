@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from focoos_edge import __version__
 from focoos_edge.capture.encode import FrameJob
-from focoos_edge.config.models import Config
+from focoos_edge.config.models import CameraConfig, Config
 from focoos_edge.delivery.contract import snapshot_topic
 from focoos_edge.delivery.messages import Topics, dumps
 from focoos_edge.delivery.publisher import Publisher
@@ -102,8 +102,7 @@ class SubscriberFeatures:
         new = [] if ha is None else discovery_messages(
             topic_base=self.topics.base, device_id=self.config.device_id, version=__version__,
             discovery_prefix=ha.discovery_prefix,
-            cameras=[HaCamera(c.name, self.config.count_labels(c), c.snapshot is not None)
-                     for c in self.config.cameras])
+            cameras=[self._ha_camera(c) for c in self.config.cameras])
         for topic in removed_topics(self._discovery, new):
             self.publisher.publish(topic, b"", qos=1, retain=True)
         for msg in new:
@@ -111,6 +110,14 @@ class SubscriberFeatures:
         if ha is not None and not self._discovery:
             self.publisher.subscribe(status_topic(ha.discovery_prefix), self._on_status)
         self._discovery = new
+
+    def _ha_camera(self, cam: CameraConfig) -> HaCamera:
+        """What discovery announces for `cam`: count sensors only with counts on; an occupancy sensor
+        per zone and label (the zone's labels, else the camera's count labels)."""
+        labels = self.config.count_labels(cam)
+        zones = tuple((name, zone.labels or labels) for name, zone in cam.zones.items())
+        return HaCamera(cam.name, labels if cam.counts else (), cam.snapshot is not None, zones,
+                        control=self.config.mqtt.control, events=self.config.events_for(cam).enabled)
 
     def _on_status(self, topic: str, payload: bytes) -> None:
         # paho's network thread: only schedule; the daemon's loop re-publishes after a random delay
