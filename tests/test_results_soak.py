@@ -1,0 +1,93 @@
+"""1,000 events through the real results stage (in process): a real SQLite spool, the real publisher
+and Mosquitto, an independent subscriber. Results arrive out of capture order (as with four
+requests in flight); every `new` gets its `end`, events stay ordered, memory stays flat."""
+
+from __future__ import annotations
+
+import random
+import threading
+import tracemalloc
+
+import yaml
+
+from focoos_edge.capture.encode import FrameJob
+from focoos_edge.config.models import load_config
+from focoos_edge.delivery.messages import Topics
+from focoos_edge.delivery.publisher import Publisher
+from focoos_edge.delivery.spool import Spool
+from focoos_edge.inference.parse import Detection, InferenceResult
+from focoos_edge.inference.uplink import Delivery
+from focoos_edge.results import Results
+from focoos_edge.service.daemon import mqtt_settings
+from focoos_edge.subscribers.features import SubscriberFeatures
+
+FRAME_NS = 500_000_000
+# Per cycle: both objects in 3 frames, then absent; end_after_s 1 ends them on the 2nd empty frame.
+CYCLE = [True, True, True, False, False]
+A = Detection("person", 0, 0.9, (100.0, 100.0, 200.0, 300.0))
+B = Detection("car", 2, 0.8, (400.0, 200.0, 600.0, 300.0))
+
+
+def build(tmp_path, port: int) -> tuple[Results, Publisher, Spool, threading.Event]:
+    raw = {"device_id": "box1", "state_dir": str(tmp_path / "state"),
+           "inference": {"api_url": "http://127.0.0.1:1/v0", "api_key": "k-123456", "model_ref": "m"},
+           "mqtt": {"host": "127.0.0.1", "port": port}, "events": {"min_frames": 2, "end_after_s": 1},
+           "cameras": [{"name": "cam", "source": "rtsp://127.0.0.1:1/x", "counts": False,
+                        "zones": {"left": {"polygon": [[0, 0], [0.2, 0], [0.2, 1], [0, 1]]}}}]}
+    (tmp_path / "state").mkdir()
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    config = load_config(tmp_path / "c.yaml", environ={})
+    topics = Topics("focoos", "box1")
+    spool = Spool(tmp_path / "state" / "spool.db", 64 * 2**20, 3600)
+    publisher = Publisher(mqtt_settings(config), topics, spool)
+    stop = threading.Event()
+    publisher.start(stop)
+    assert publisher.connected.wait(10)
+    results = Results(config, topics, publisher, spool, SubscriberFeatures(config, topics, publisher),
+                      lambda camera, reason: None)
+    return results, publisher, spool, stop
+
+
+def feed(results: Results, frames: range, rng: random.Random) -> None:
+    """Frames in groups of four, each group's results handed in shuffled (out of capture order)."""
+    jobs = [FrameJob("cam", f"cam-{i}", 1_700_000_000_000_000_000 + i * FRAME_NS, 0.0, 1920, 1080, 1.0, b"")
+            for i in frames]
+    for start in range(0, len(jobs), 4):
+        group = jobs[start:start + 4]
+        for job in group:
+            results.expect(job)
+        for job in rng.sample(group, len(group)):
+            n = int(job.frame_id.split("-")[1])
+            dets = (A, B) if CYCLE[n % len(CYCLE)] else ()
+            results.handle(job, InferenceResult(dets, {}, 0.01), Delivery(replayed=False, frame_row=None))
+
+
+def test_thousand_events_paired_ordered_and_memory_flat(mosquitto, mqtt_sub, tmp_path):
+    sub = mqtt_sub(mosquitto.port, "focoos/box1/cam/events")
+    results, publisher, spool, stop = build(tmp_path, mosquitto.port)
+    rng = random.Random(7)
+    cycles = 500  # two objects per cycle: 1,000 events
+    try:
+        feed(results, range(0, 100 * len(CYCLE)), rng)  # warm-up: 200 events
+        tracemalloc.start()
+        before = tracemalloc.take_snapshot()
+        feed(results, range(100 * len(CYCLE), cycles * len(CYCLE)), rng)
+        after = tracemalloc.take_snapshot()
+        tracemalloc.stop()
+        got = sub.wait_count("focoos/box1/cam/events", 2 * 2 * cycles, 180)
+    finally:
+        stop.set()
+        publisher.stop()
+        spool.close()
+    growth = sum(s.size_diff for s in after.compare_to(before, "filename")
+                 if "focoos_edge" in s.traceback[0].filename)
+    assert growth < 64 * 1024, after.compare_to(before, "lineno")[:10]  # 800 events later: flat
+    events = [m.json() for m in got]
+    by_id: dict[str, list[str]] = {}
+    for e in events:
+        by_id.setdefault(e["event_id"], []).append(e["type"])
+    assert len(by_id) == 2 * cycles and all(kinds == ["new", "end"] for kinds in by_id.values())
+    ends = [e["last_seen_at"] for e in events if e["type"] == "end"]
+    assert ends == sorted(ends)  # ordered per camera although results came out of order
+    assert {tuple(e["entered_zones"]) for e in events if e["label"] == "person"} == {("left",)}
+    assert results.stats("cam")["late"] == 0 and results.stats("cam")["open"] == 0
