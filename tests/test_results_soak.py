@@ -91,3 +91,44 @@ def test_thousand_events_paired_ordered_and_memory_flat(mosquitto, mqtt_sub, tmp
     assert ends == sorted(ends)  # ordered per camera although results came out of order
     assert {tuple(e["entered_zones"]) for e in events if e["label"] == "person"} == {("left",)}
     assert results.stats("cam")["late"] == 0 and results.stats("cam")["open"] == 0
+
+
+def test_reload_removal_clean_stop_and_crash_end_every_event(mosquitto, mqtt_sub, tmp_path):
+    """Removed by a reload, ended at a clean stop, left open by a 'crash' (no close): each `new`
+    gets one `end`; replayed results have their own tracker and say so."""
+    sub = mqtt_sub(mosquitto.port, "focoos/box1/cam/events")
+    results, publisher, spool, stop = build(tmp_path, mosquitto.port)
+    config = results.config
+    try:
+        feed(results, range(0, 3), random.Random(1))  # both objects seen in 3 frames: 2 open events
+        results.configure(config.model_copy(update={"cameras": ()}))  # the camera leaves the config
+        results.configure(config)
+        feed(results, range(5, 8), random.Random(2))
+        job = FrameJob("cam", "cam-r", 1_600_000_000_000_000_000, 0.0, 1920, 1080, 1.0, b"")
+        for i in range(2):  # a replayed backlog: tracked apart
+            replay = FrameJob(**{**job.__dict__, "frame_id": f"cam-r{i}", "captured_at_ns": job.captured_at_ns + i})
+            results.handle(replay, InferenceResult((A,), {}, 0.01), Delivery(replayed=True, frame_row=None))
+        # A crash: no close(); a new stage on the same state_dir ends what was left open.
+        Results(config, results.topics, publisher, spool, results.features, lambda camera, reason: None).close()
+        got = sub.wait_count("focoos/box1/cam/events", 2 * 5, 30)
+    finally:
+        stop.set()
+        publisher.stop()
+        spool.close()
+    events = [m.json() for m in got]
+    news = sorted(e["event_id"] for e in events if e["type"] == "new")
+    assert len(news) == 5 and news == sorted(e["event_id"] for e in events if e["type"] == "end")
+    replayed = [e for e in events if e["replayed"]]
+    assert replayed and all("-r" in e["event_id"] for e in replayed)
+    assert (tmp_path / "state" / "open_events.json").read_text() == '{"v":1,"open":[]}'
+
+
+def test_named_labels_for_the_class_check(tmp_path):
+    from focoos_edge.results import named_labels
+    raw = {"inference": {"api_key": "k-123456", "model_ref": "m"},
+           "cameras": [{"name": "cam", "source": "rtsp://127.0.0.1:1/x",
+                        "filters": {"*": {"min_area": 0.1}, "person": {"min_score": 0.5}},
+                        "zones": {"door": {"polygon": [[0, 0], [1, 0], [1, 1]], "labels": ["cat"]}}}]}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    assert list(named_labels(load_config(tmp_path / "c.yaml", environ={}))) == [
+        ("cam", "filters.person", "person"), ("cam", "zones.door.labels", "cat")]
