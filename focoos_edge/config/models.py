@@ -365,7 +365,7 @@ class Config(_Model):
     homeassistant: HomeAssistantConfig | None = Field(
         None, description="Home Assistant MQTT discovery (off by default).")
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus endpoint (off by default).")
-    events: EventsConfig = Field(default_factory=EventsConfig,
+    events: EventsConfig = Field(default_factory=EventsConfig,  # type: ignore[arg-type] # as mqtt/spool above
                                  description="Events from the tracker (per camera: cameras[].events).")
     cameras: tuple[CameraConfig, ...] = Field(min_length=1, description="The cameras (at least one).")
 
