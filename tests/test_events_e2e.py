@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from datetime import datetime
 
 import httpfault
@@ -110,3 +111,50 @@ def test_events_zones_filters_and_kill9(marker_clip, mosquitto, mqtt_sub, spawn,
     news = [e["event_id"] for e in every if e["type"] == "new"]
     ends = [e["event_id"] for e in every if e["type"] == "end"]
     assert sorted(news) == sorted(ends) and len(set(news)) == len(news) == 2, every
+
+
+def test_results_out_of_capture_order_are_tracked_in_order(marker_clip, mosquitto, mqtt_sub, spawn, tmp_path):
+    """Four requests in flight, replies delayed so later frames finish first: detections still go out
+    in capture order and the object makes one event, not several."""
+    present = threading.Event()
+    finished: list[tuple[float, float]] = []  # (arrival, reply) of every inference request
+    lock = threading.Lock()
+    count = [0]
+    plain = switchable_server(present)
+
+    def reply(h):
+        if h.command == "POST":
+            arrived = time.monotonic()
+            with lock:
+                count[0] += 1
+                slow = count[0] % 2 == 1
+            time.sleep(0.7 if slow else 0.05)  # odd requests finish after the even ones behind them
+            plain(h)
+            with lock:
+                finished.append((arrived, time.monotonic()))
+            return None
+        return plain(h)
+
+    with httpfault.FaultServer() as server:
+        server.default = reply
+        sub = mqtt_sub(mosquitto.port, "focoos/#")
+        config = daemon_config(
+            tmp_path, api_url=server.url, mqtt_port=mosquitto.port, api_key=KEY,
+            inference={"max_in_flight": 4}, events={"min_frames": 2, "end_after_s": END_AFTER_S},
+            cameras=[{"name": "cam", "source": f"file://{marker_clip.path}", "sample_fps": 4, "max_side": 640,
+                      "zones": ZONES, "filters": FILTERS}])
+        daemon = spawn(daemon_command(config), name="daemon")
+        present.set()
+        new = wait_event(sub, "new", daemon)
+        sub.wait_count(f"{TOPIC}/cam/detections", 16, 30)
+        present.clear()
+        wait_event(sub, "end", daemon, event_id=new["event_id"])
+        stop_daemon(daemon, sub)
+    with lock:
+        overtaken = sum(1 for a1, f1 in finished for a2, f2 in finished if a1 < a2 and f1 > f2)
+    assert overtaken > 0, finished  # the server really answered out of order
+    captured = [m.json()["captured_at"] for m in sub.messages(f"{TOPIC}/cam/detections")
+                if not m.json()["replayed"]]
+    assert captured == sorted(captured)
+    ids = {e["event_id"] for e in events(sub)}
+    assert ids == {new["event_id"]}, events(sub)
