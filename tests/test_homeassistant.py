@@ -217,3 +217,14 @@ def test_inference_enum_covers_every_state_and_diagnostics_are_disabled():
 
 def test_count_sensors_only_with_counts_on():
     assert not [m for m in messages([HaCamera("yard", labels=())]) if m.topic.endswith("_count/config")]
+
+
+def test_event_device_triggers_fire_on_new_and_end():
+    by = by_object(messages(FULL))
+    for kind, trigger in (("new", "object_appeared"), ("end", "object_left")):
+        p = by[f"front_door_event_{kind}"].payload
+        assert by[f"front_door_event_{kind}"].topic.split("/")[1] == "device_automation"
+        assert (p["automation_type"], p["type"], p["subtype"], p["payload"]) == ("trigger", trigger, "any_object", kind)
+        assert contract.classify_topic(p["topic"], "focoos").kind == "events"
+        assert render(p["value_template"], json.dumps({"type": kind})) == kind
+        assert p["device"]["identifiers"] == ["focoos_edge_edge_01_front_door"]

@@ -32,6 +32,7 @@ REQUIRED_KEYS: Mapping[str, tuple[str, ...]] = {
     "sensor": ("state_topic", "unique_id", "device", "origin", "availability"),
     "camera": ("topic", "unique_id", "device", "origin", "availability"),
     "switch": ("command_topic", "state_topic", "unique_id", "device", "origin", "availability"),
+    "device_automation": ("automation_type", "topic", "type", "subtype", "device"),
 }
 # The inference link's states (schemas/inference_state.json): the options of the enum sensor.
 INFERENCE_STATES = ("starting", "ok", "model_not_ready", "auth_failed", "model_not_found", "rate_limited",
@@ -138,11 +139,28 @@ def _camera_messages(cam: HaCamera, base: str, message: Any) -> list[DiscoveryMe
         if cam.events:
             out.append(message("camera", f"{cam.name}_event_snapshot", "Event snapshot",
                                topic=f"{base}/{cam.name}/events/snapshot"))
+    if cam.events:
+        out += _event_triggers(cam.name, base, message)
     if cam.control:
         out.append(message("switch", f"{cam.name}_detect", "Detect", icon="mdi:motion-sensor",
                            command_topic=f"{base}/{cam.name}/detect/set",
                            state_topic=f"{base}/{cam.name}/detect/state", payload_on="ON", payload_off="OFF"))
     return out + _diagnostics(cam.name, base, message)
+
+
+def _event_triggers(camera: str, base: str, message: Any) -> list[DiscoveryMessage]:
+    """Device triggers on the camera's events topic ("an object appeared" / "an object left"): they
+    show up in Home Assistant's automation editor under the camera's device."""
+    out = []
+    for kind, trigger in (("new", "object_appeared"), ("end", "object_left")):
+        msg = message("device_automation", f"{camera}_event_{kind}", "", automation_type="trigger",
+                      topic=f"{base}/{camera}/events", type=trigger, subtype="any_object",
+                      value_template="{{ value_json.type }}", payload=kind)
+        # Device triggers are not entities: no name, unique_id or availability (HA drops them).
+        for key in ("name", "unique_id", "availability"):
+            msg.payload.pop(key, None)
+        out.append(msg)
+    return out
 
 
 def _diagnostics(camera: str, base: str, message: Any) -> list[DiscoveryMessage]:
@@ -171,6 +189,8 @@ def removed_topics(old: Iterable[DiscoveryMessage], new: Iterable[DiscoveryMessa
 def missing_keys(component: str, payload: Mapping[str, Any]) -> list[str]:
     """What `payload` lacks to be a usable config for `component` (empty when complete)."""
     missing = [k for k in REQUIRED_KEYS.get(component, ()) if k not in payload]
+    if component == "device_automation":
+        return missing
     if "availability" in missing and "availability_topic" in payload:
         missing.remove("availability")
     if component == "binary_sensor" and "value_template" not in payload and not (
