@@ -25,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+import bench_results
 import benchlib as lib
 import cv2
 from benchlib import FPS, Bench, Observer, Run, pct
@@ -344,7 +345,7 @@ def run(args: argparse.Namespace) -> int:
         base = baselines(b)
         runs, ages = daemons(b)
         rows = cpu_rows(base, runs) + freshness_rows(runs, ages) + [bytes_row(b, runs["default"])]
-        rows += [uplink_row(b)] + memory_rows(b, runs["default"], args.soak_min)
+        rows += [uplink_row(b)] + memory_rows(b, runs["default"], args.soak_min) + bench_results.rows()
         extra = [(f"busiest threads, {key}, % of a core",
                   ", ".join(f"{n} {c * 100:.2f}" for _, n, c in runs[key].threads[:12]))
                  for key in ("default", "keyframes")]
@@ -370,7 +371,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work-dir", default="/tmp/focoos-bench", help="media cache and logs")
     p.add_argument("--json", help="also write the results to this file")
     p.add_argument("--micro", action="store_true", help="only the in-process measurements (about a minute)")
-    return run(p.parse_args(argv))
+    p.add_argument("--results-only", action="store_true", help="only the results stage's per-frame rows (seconds)")
+    args = p.parse_args(argv)
+    if args.results_only:
+        print_report(bench_results.rows(), [], machine())
+        return 0
+    return run(args)
 
 
 if __name__ == "__main__":

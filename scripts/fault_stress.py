@@ -132,7 +132,9 @@ def snapshot_spool(db: Path, copy_dir: Path) -> SpoolSnapshot:
     try:
         integrity = "; ".join(row[0] for row in con.execute("PRAGMA integrity_check"))
         frames = frozenset(row[0] for row in con.execute("SELECT frame_id FROM frames"))
-        outbox = frozenset(json.loads(row[0])["frame_id"] for row in con.execute("SELECT payload FROM outbox"))
+        # Event rows (camera key "<camera>/events") carry no frame: only detections messages count here.
+        outbox = frozenset(json.loads(row[0])["frame_id"] for row in
+                           con.execute("SELECT payload FROM outbox WHERE camera NOT LIKE '%/%'"))
     finally:
         con.close()
     return SpoolSnapshot(integrity, frames, outbox)

@@ -509,11 +509,17 @@ def test_probe_of_an_unknown_camera_exits_1(tmp_path, local_server) -> None:
 
 def test_demo_runs_the_whole_pipeline(mqtt_tools, tmp_path) -> None:
     workdir = tmp_path / "demo"
-    done = run_cli("demo", "--seconds", "8", "--workdir", str(workdir), timeout_s=90)
+    done = run_cli("demo", "--seconds", "12", "--workdir", str(workdir), timeout_s=90)
     assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
     summaries = re.findall(r"demo: (\d+) detection messages", done.stdout)
     assert summaries and int(summaries[-1]) > 0, done.stdout[-3000:]
     assert re.search(r"labels seen: .*aruco_\d+ x\d+", done.stdout)
+    # The walking marker's event, as sentences; every event ends (the last ones at the clean stop).
+    assert "aruco_7 appeared (event demo_cam-" in done.stdout and "aruco_7 entered zone door" in done.stdout, \
+        done.stdout[-3000:]
+    appeared = re.findall(r"appeared \(event (\S+)\)", done.stdout)
+    left = re.findall(r"left after [\d.]+ s \(event (\S+),", done.stdout)
+    assert appeared and sorted(appeared) == sorted(left), done.stdout[-3000:]
     assert (workdir / "demo.yaml").is_file() and (workdir / "demo.mp4").is_file()
     # The demo's daemon stopped cleanly and its broker is gone: nothing listens on its port any more.
     port = int(re.search(r"MQTT broker 127\.0\.0\.1:(\d+)", done.stdout).group(1))

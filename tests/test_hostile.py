@@ -86,7 +86,7 @@ def test_hostile_replies_keep_the_daemon_up_and_payloads_valid(rig, long_clip): 
     biggest = max(len(m.payload_bytes) for m in rig.sub.messages(DETECTIONS))
     assert biggest < 200_000, biggest  # 1000 detections at most
     count_topics = {m.topic for m in rig.sub.messages(f"{TOPIC}/{CAM}/+")} - {
-        f"{TOPIC}/{CAM}/{k}" for k in ("detections", "state", "snapshot")}
+        f"{TOPIC}/{CAM}/{k}" for k in ("detections", "state", "snapshot", "events")}
     assert 1 < len(count_topics) <= 64, sorted(count_topics)
     labels = [d["label"] for m in rig.sub.messages(DETECTIONS) for d in m.json()["detections"]]
     assert "a?b" in labels and max(len(x or "") for x in labels) == 100

@@ -45,8 +45,9 @@ def test_snapshot_counts_and_discovery(marker_clip, local_server, mosquitto, mqt
 
     discovery = sub.wait_for(lambda m: m.topic.startswith("homeassistant/camera/"), 10, "camera discovery")
     assert discovery.json()["topic"] == f"{TOPIC}/gate/snapshot"
-    configs = {m.topic for m in sub.messages("homeassistant/#")}
-    assert any("/binary_sensor/" in t for t in configs) and sum("/sensor/" in t for t in configs) == 3
+    configs = [m.topic for m in sub.messages("homeassistant/#")]
+    assert any("/binary_sensor/" in t for t in configs) and sum(t.endswith("_count/config") for t in configs) == 3
+    assert len(configs) == len(set(configs)), "a discovery config was sent twice at start"
 
     mark = sub.count
     subprocess.run(["mosquitto_pub", "-p", str(mosquitto.port), "-t", "homeassistant/status", "-m", "online"],

@@ -149,6 +149,7 @@ class CameraCounters:
     reconnects: int = 0
     skipped_static: int = 0  # sampled ticks held back by the scene-change gate (never produced)
     skipped_budget: int = 0  # held back because the hourly inference budget was used up
+    skipped_paused: int = 0  # sampled ticks dropped while detection is switched OFF (never produced)
     recent_grabs: list = field(default_factory=list)  # monotonic times of the last grabs, for fps
 
 
@@ -162,7 +163,7 @@ class CameraWorker(threading.Thread):
     def __init__(self, settings: CaptureSettings, on_job: Callable[[FrameJob], None],
                  on_state: Callable[[str, str, str | None], None], stop: threading.Event,
                  opener: Callable[[CaptureSettings], FrameSource] | None = None,
-                 im_size: ModelImSize | None = None):
+                 im_size: ModelImSize | None = None, paused: threading.Event | None = None):
         super().__init__(name=f"camera-{settings.name}", daemon=True)
         self.settings = settings
         self.counters = CameraCounters()
@@ -172,6 +173,7 @@ class CameraWorker(threading.Thread):
         self._on_state = on_state
         self.stop_event = stop
         self._opener = opener or (lambda s: open_capture(s, stop))
+        self._paused = paused or threading.Event()  # set: detect OFF (mqtt control), still streaming
         self._encoder = JpegEncoder()
         self._prep = FramePrep(settings.privacy_masks, settings.crop)
         self._im_size = im_size or ModelImSize()
@@ -293,6 +295,9 @@ class CameraWorker(threading.Thread):
         return self.settings.max_side or self._im_size.side
 
     def _sample(self, cap: FrameSource, captured_ns: int, captured_mono: float) -> None:
+        if self._paused.is_set():  # before decoding: a paused camera costs grabbing only
+            self.counters.skipped_paused += 1
+            return
         max_side = self.max_side
         scaled = retrieve_scaled(cap, self._prep.source_side(max_side))
         if scaled is None:

@@ -47,6 +47,7 @@ from focoos_edge.config.load import (
     read_secret_file,
     resolve_path,
 )
+from focoos_edge.config.results import ZONE_NAME, EventsConfig, EventsOverride, FilterConfig, ZoneConfig
 from focoos_edge.config.sources import Source, parse_source
 
 MIB = 1024 * 1024
@@ -223,6 +224,7 @@ class MqttConfig(_Model):
     qos: int = Field(1, ge=0, le=2, description="QoS of detection messages.")
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keep-alive interval.")
     client_id: NonEmpty | None = Field(None, description="MQTT client id (default: derived from device_id).")
+    control: bool = Field(False, description="Accept .../<camera>/detect/set (ON/OFF) to pause a camera's inference.")
 
 
     @model_validator(mode="before")
@@ -339,6 +341,12 @@ class CameraConfig(_Model):
     masks: Literal["polygons", "none"] = Field(
         "polygons", description="Segmentation masks in detection payloads: 'polygons' (traced outlines in "
                                 "original-frame pixels) or 'none'.")
+    # Results stage (focoos_edge/config/results.py).
+    zones: dict[Annotated[str, StringConstraints(pattern=ZONE_NAME)], ZoneConfig] = Field(
+        default_factory=dict, description="Named zones ([a-z0-9_-]+): polygons normalized to the frame.")
+    filters: dict[NonEmpty, FilterConfig] = Field(
+        default_factory=dict, description="Per label, or '*' for every label: detections outside are dropped.")
+    events: EventsOverride | None = Field(None, description="Overrides of the top-level events settings.")
 
     @field_validator("source")
     @classmethod
@@ -403,6 +411,8 @@ class Config(_Model):
     homeassistant: HomeAssistantConfig | None = Field(
         None, description="Home Assistant MQTT discovery (off by default).")
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus endpoint (off by default).")
+    events: EventsConfig = Field(default_factory=EventsConfig,
+                                 description="Events from the tracker (per camera: cameras[].events).")
     cameras: tuple[CameraConfig, ...] = Field(min_length=1, description="The cameras (at least one).")
 
     @field_validator("cameras")
@@ -426,6 +436,10 @@ class Config(_Model):
     def request_threshold(self, camera: CameraConfig) -> float:
         """What the inference request asks for: the lowest threshold any label of ``camera`` uses."""
         return min([self.threshold_for(camera), *(camera.thresholds or {}).values()])
+
+    def events_for(self, camera: CameraConfig) -> EventsConfig:
+        """The events settings of ``camera``: the top-level ones with its overrides."""
+        return camera.events.over(self.events) if camera.events else self.events
 
     def count_labels(self, camera: CameraConfig) -> tuple[str, ...]:
         """Labels with a count topic announced up front (others appear when first seen)."""

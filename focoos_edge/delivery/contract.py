@@ -17,12 +17,13 @@ from typing import Any
 
 # Schema name -> what its instance is. "json": the payload parsed as JSON; "text": the payload
 # decoded as UTF-8 (availability is the plain string online/offline, not JSON).
-SCHEMA_NAMES = ("detections", "camera_state", "inference_state", "stats", "availability", "count")
-_TEXT_SCHEMAS = frozenset({"availability"})
+SCHEMA_NAMES = ("detections", "camera_state", "inference_state", "stats", "availability", "count", "events",
+                "detect_state")
+_TEXT_SCHEMAS = frozenset({"availability", "detect_state"})
 
 # Topic levels under {prefix}/{device_id}/{camera}/ that are not labels: a label with one of these
 # names gets a suffix so its count cannot overwrite the camera's own topics.
-CAMERA_TOPIC_LEVELS = frozenset({"detections", "state", "snapshot"})
+CAMERA_TOPIC_LEVELS = frozenset({"detections", "state", "snapshot", "events", "zones", "detect"})
 LABEL_SUFFIX = "_label"
 _UNSAFE_LEVEL = re.compile(r"[\s/+#\x00-\x1f\x7f]+")
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -131,8 +132,9 @@ class TopicKind:
 
     @property
     def schema(self) -> str | None:
-        return {"snapshot": None, "detections": "detections", "state": "camera_state",
-                "inference": "inference_state"}.get(self.kind, self.kind)
+        return {"snapshot": None, "event_snapshot": None, "detections": "detections", "state": "camera_state",
+                "inference": "inference_state", "occupancy": "count",
+                "detect_set": None}.get(self.kind, self.kind)
 
 
 def classify_topic(topic: str, prefix: str) -> TopicKind | None:
@@ -143,9 +145,23 @@ def classify_topic(topic: str, prefix: str) -> TopicKind | None:
     levels = topic[len(head):].split("/")
     if len(levels) == 2 and levels[1] in ("availability", "stats", "inference"):
         return TopicKind(levels[1], levels[0])
+    if len(levels) > 3:
+        return _camera_subtopic(levels)
     if len(levels) != 3:
         return None
     device, camera, last = levels
     if last in CAMERA_TOPIC_LEVELS:
         return TopicKind(last, device, camera)
     return TopicKind("count", device, camera, last)
+
+
+def _camera_subtopic(levels: list[str]) -> TopicKind | None:
+    """Topics deeper than `{device}/{camera}/x`: events snapshot, zone occupancy, detect switch."""
+    device, camera, *rest = levels
+    if rest == ["events", "snapshot"]:
+        return TopicKind("event_snapshot", device, camera)
+    if len(rest) == 3 and rest[0] == "zones":
+        return TopicKind("occupancy", device, camera, rest[2])
+    if len(rest) == 2 and rest[0] == "detect" and rest[1] in ("state", "set"):
+        return TopicKind(f"detect_{rest[1]}", device, camera)
+    return None

@@ -177,6 +177,10 @@ class Publisher:
         if retain:
             with self._lock:
                 self._retained[topic] = body
+                # Not connected: _on_connect publishes every remembered retained message; queueing it
+                # in paho too would send it twice (Home Assistant saw every discovery config twice).
+                if not self.connected.is_set():
+                    return True
         info = self._client.publish(topic, body, qos=qos, retain=retain)
         if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
             self.counters.dropped_queue_full += 1

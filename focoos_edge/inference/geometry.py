@@ -19,13 +19,18 @@ KEYPOINT_SLACK_PX = 1.0  # keypoints this far outside the frame are rounding, no
 
 
 class FrameGeometry(Protocol):
-    """What the mapping needs from a FrameJob."""
+    """What the mapping needs from a FrameJob (read-only: FrameJob is frozen)."""
 
-    scale: float
-    width: int
-    height: int
-    offset_x: float
-    offset_y: float
+    @property
+    def scale(self) -> float: ...
+    @property
+    def width(self) -> int: ...
+    @property
+    def height(self) -> int: ...
+    @property
+    def offset_x(self) -> float: ...
+    @property
+    def offset_y(self) -> float: ...
 
 
 def scale_detections(dets: Iterable[Detection], job: FrameGeometry) -> tuple[Detection, ...]:

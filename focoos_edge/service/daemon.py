@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import sqlite3
 import threading
 import time
@@ -17,23 +16,15 @@ from focoos_edge.common.loop import Loop
 from focoos_edge.config.classcheck import class_warnings, label_references
 from focoos_edge.config.load import ConfigError
 from focoos_edge.config.models import Config, load_config
-from focoos_edge.delivery.messages import (
-    Topics,
-    camera_state_payload,
-    detection_dict,
-    detections_payload,
-    inference_state_payload,
-    iso_utc,
-    keeps,
-)
+from focoos_edge.delivery.messages import Topics, camera_state_payload, inference_state_payload, iso_utc
 from focoos_edge.delivery.publisher import MqttSettings, Publisher
 from focoos_edge.delivery.spool import Spool, SpoolError
 from focoos_edge.inference.client import FocoosClient
-from focoos_edge.inference.geometry import scale_detections
-from focoos_edge.inference.masks import trace_masks
-from focoos_edge.inference.parse import InferenceResult, ModelInfo
+from focoos_edge.inference.parse import ModelInfo
 from focoos_edge.inference.quota import QuotaWatch
-from focoos_edge.inference.uplink import CameraRoute, Delivery, InferenceHealth, LiveQueue, Uplink
+from focoos_edge.inference.uplink import CameraRoute, InferenceHealth, LiveQueue, Uplink
+from focoos_edge.results import Results
+from focoos_edge.service.control import DetectControl
 from focoos_edge.service.logs import set_level
 from focoos_edge.service.metrics import MetricsServer
 from focoos_edge.service.statedir import StateDirLock
@@ -78,6 +69,12 @@ def stalled(heartbeats: dict[str, tuple[float, float, bool]]) -> list[str]:
     return [name for name, (age_s, limit_s, alive) in heartbeats.items() if not alive or age_s > limit_s]
 
 
+def frames_only(per_camera: dict) -> dict:
+    """Drop the outbox's event streams (`camera/events`): the accounting follows frames, one
+    detections message each."""
+    return {camera: v for camera, v in per_camera.items() if "/" not in camera}
+
+
 class Daemon:
     """Runs the pipeline until `stop` is set; `reload` (SIGHUP) re-reads `config_path`."""
 
@@ -98,12 +95,14 @@ class Daemon:
         except (OSError, sqlite3.Error) as exc:
             raise SpoolError(f"cannot use state_dir {config.state_dir} for the spool: {exc}") from None
         # Frames and messages found in the spool at start belong to this run's accounting.
-        self.recovered = Counter({cam: n["frames"] + n["outbox"] for cam, n in self.spool.pending().items()})
+        self.recovered = Counter({cam: n["frames"] + n["outbox"]
+                                  for cam, n in frames_only(self.spool.pending()).items()})
         if self.recovered:
             log.info("spool: recovered %d frames/messages from the last run (%s)",
                      sum(self.recovered.values()), dict(self.recovered))
         self.publisher = Publisher(mqtt_settings(config), self.topics, self.spool)
         self.features = SubscriberFeatures(config, self.topics, self.publisher)  # announces once connected
+        self.control = DetectControl(config.state_dir, self.topics, self.publisher, config.mqtt.control)
         inf = config.inference
         self.queue = LiveQueue(per_camera=1)
         self.health = InferenceHealth(self._on_inference_state)
@@ -111,8 +110,9 @@ class Daemon:
         self.im_size = ModelImSize()  # learnt from the model info; sizes the uploads of max_side: auto
         self.config_warnings: list[str] = []  # labels naming classes the model lacks
         self._upload_sides: dict[str, int] = {}  # logged upload size per camera
+        self.results = Results(config, self.topics, self.publisher, self.spool, self.features, self._on_lost)
         self.uplink = Uplink(self._make_client(config), inf.model_ref, self._routes(config), self.queue,
-                             self.spool, self._on_result, self.health, stop,
+                             self.spool, self.results.handle, self.health, stop,
                              default_route=CameraRoute(threshold=inf.threshold), max_in_flight=inf.max_in_flight,
                              probe_interval_s=inf.recheck_interval_s, retry_after_max_s=inf.retry_after_max_s,
                              on_model=self._on_model,
@@ -148,6 +148,7 @@ class Daemon:
         self.publisher.start(self.stop)
         self.metrics = self._start_metrics()
         self.uplink.start()
+        self.control.configure(self.cameras)
         for cam in self.config.cameras:
             self._start_camera(cam)
         self.notifier.ready(self.status_line())
@@ -167,6 +168,7 @@ class Daemon:
         if self.notifier.watchdog_interval_s:
             self._feed_watchdog()
         self.features.tick()
+        self.results.tick()
         if time.monotonic() >= self._next_stats:
             self._next_stats = time.monotonic() + self.config.stats_interval_s
             self._expire()
@@ -193,6 +195,7 @@ class Daemon:
         self.uplink.join(timeout_s=self.config.inference.timeout_s + 1.0)
         while (job := self.queue.get(0)) is not None:
             self._to_spool(job)
+        self.results.close()  # held results out, open events ended (through the outbox)
         self.publisher.flush()
         self.publisher.publish(self.topics.stats, self.stats(), qos=0)
         self.publisher.stop()
@@ -204,7 +207,7 @@ class Daemon:
 
     def _start_camera(self, cam) -> None:
         worker = CameraWorker(capture_settings(cam), self._on_job, self._on_camera_state, threading.Event(),
-                              im_size=self.im_size)
+                              im_size=self.im_size, paused=self.control.paused(cam.name))
         self.workers[cam.name] = worker
         self._on_camera_state(cam.name, worker.state, None)
         worker.start()
@@ -273,6 +276,8 @@ class Daemon:
             if name not in self.workers:
                 self._start_camera(cam)
         self.features.configure(self.config)
+        self.results.configure(self.config)
+        self.control.configure(new_cams)
         if self.uplink.model_info is not None:  # labels may have changed: check them again
             self._on_model(self.uplink.model_info)
         self.reloads += 1
@@ -328,8 +333,10 @@ class Daemon:
 
     # -- callbacks ------------------------------------------------------------------
     def _on_job(self, job: FrameJob) -> None:
+        self.results.expect(job)
         older = self.queue.put(job)
         if older is not None:  # the uplink is busy: the older frame waits in the spool
+            self.results.forget(older)
             self._to_spool(older)
 
     def _on_camera_state(self, camera: str, state: str, detail: str | None) -> None:
@@ -337,6 +344,9 @@ class Daemon:
         fps = worker.fps() if worker else 0.0
         self.publisher.set_state(self.topics.camera_state(camera),
                                  camera_state_payload(state, time.time(), fps, detail))
+
+    def _on_lost(self, camera: str, reason: str) -> None:
+        self.uplink.counters[camera].dead_lettered[reason] += 1
 
     def _on_inference_state(self, state: str, detail: str | None) -> None:
         self.publisher.set_state(self.topics.inference, inference_state_payload(
@@ -359,58 +369,21 @@ class Daemon:
                          "max_side" if cam.fixed_max_side else f"auto: the model's im_size {info.im_size}"
                          if info.im_size else "auto: the model gives no im_size, the default")
 
-    def _on_result(self, job: FrameJob, result: InferenceResult, delivery: Delivery) -> None:
-        cam = self.cameras.get(job.camera)  # None: spooled by a camera since removed from the config
-        threshold = self.config.threshold_for(cam) if cam else self.config.inference.threshold
-        mapped = scale_detections(trace_masks(
-            result.detections, polygons=cam is None or cam.masks == "polygons",
-            upload_w=math.ceil(job.width * job.scale), upload_h=math.ceil(job.height * job.scale)), job)
-        kept = [d for d in mapped
-                if keeps(d.label, d.conf, cam.labels if cam else None, threshold, cam.thresholds if cam else None)]
-        if broken := sum(1 for d in mapped if d.broken):
-            self.uplink.counters[job.camera].errors["malformed_mask"] += broken
-        dets = [detection_dict(d.label, d.cls_id, d.conf, d.bbox, mask=d.mask, keypoints=d.keypoints)
-                for d in kept]
-        now_ns = time.time_ns()
-        # A message built while the broker is down waits in the outbox: it is replayed as well.
-        replayed = delivery.replayed or not self.publisher.connected.is_set()
-        inference_ms = result.round_trip_s * 1000
-        total_ms = (now_ns - job.captured_at_ns) / 1e6
-        queue_ms = 0.0 if delivery.replayed else \
-            max(0.0, total_ms - inference_ms - (job.encoded_mono - job.captured_mono) * 1000)
-        payload = detections_payload(
-            device_id=self.config.device_id, camera=job.camera, frame_id=job.frame_id,
-            captured_at_ns=job.captured_at_ns, published_at_ns=now_ns, replayed=replayed,
-            model_ref=self.config.inference.model_ref, width=job.width, height=job.height,
-            detections=dets, inference_ms=inference_ms, total_ms=total_ms, queue_ms=queue_ms,
-        )
-        try:
-            self.publisher.publish_durable(job.camera, self.topics.detections(job.camera), payload,
-                                           done_frame=delivery.frame_row)
-            delivery.stored.set()  # accounted for in the outbox now (see Uplink._deliver)
-            self.features.on_result(job, kept, replayed)
-        except SpoolError as exc:
-            log.error("camera %s: result of frame %s not stored: %s", job.camera, job.frame_id, exc)
-            if delivery.frame_row is not None:
-                self.spool.release_frame(delivery.frame_row, attempted=False)  # retried later
-            else:
-                self.uplink.counters[job.camera].dead_lettered["spool_error"] += 1
-
     # -- stats ------------------------------------------------------------------------
     def accounting(self) -> dict[str, dict[str, int]]:
         """Per camera: produced = delivered + pending + evicted + dead_lettered (exact when idle)."""
         sampled = Counter(self.retired_sampled)
         for name, w in self.workers.items():
             sampled[name] += w.counters.sampled
-        waiting: Counter = Counter(self.uplink.in_flight_snapshot())
-        for camera, n in self.spool.pending().items():
+        waiting: Counter = Counter(self.uplink.in_flight_snapshot()) + Counter(self.results.held())
+        for camera, n in frames_only(self.spool.pending()).items():
             waiting[camera] += n["frames"] + n["outbox"]
         for camera in sampled:
             waiting[camera] += self.queue.count(camera)
         # dict() copies are taken in one step under the GIL: other threads may add cameras meanwhile.
         return accounting(
-            sampled=sampled, recovered=self.recovered, delivered=dict(self.publisher.delivered),
-            waiting=waiting, evicted=dict(self.spool.evicted),
+            sampled=sampled, recovered=self.recovered, delivered=frames_only(dict(self.publisher.delivered)),
+            waiting=waiting, evicted={k: n for k, n in dict(self.spool.evicted).items() if "/" not in k[0]},
             dead_lettered={c: sum(dict(u.dead_lettered).values()) for c, u in dict(self.uplink.counters).items()})
 
     def _camera_stats(self, camera: str, account: dict) -> dict:
@@ -428,12 +401,15 @@ class Daemon:
             "inferences_last_hour": hour[0], "bytes_uploaded_last_hour": hour[1],
             "skipped_static": w.counters.skipped_static if w else 0,
             "skipped_budget": w.counters.skipped_budget if w else 0,
-            "spooled": up.spooled, "errors": dict(up.errors), "evicted_by_reason": evicted,
+            "skipped_paused": w.counters.skipped_paused if w else 0, "detect": self.control.state(camera),
+            "spooled": up.spooled, "evicted_by_reason": evicted,
+            "errors": dict(Counter(up.errors) + Counter(self.results.errors(camera))),
             "dead_lettered_by_reason": dict(up.dead_lettered),
             "clamped_by_reason": {**up.clamped, **({"count_label_cap": n} if (n := self.features.labels_dropped(camera))
                                                    else {})},
             "inference_ms": {"p50": percentile(up.round_trips_ms, 0.5),
                              "p95": percentile(up.round_trips_ms, 0.95)},
+            "events": self.results.stats(camera),
             **account,
         }
 

@@ -127,6 +127,13 @@ def _camera(fams: _Families, camera: str, cam: Mapping) -> None:
     for key, name, help_text in _CAMERA_REASONS:
         for reason, count in sorted(cam.get(key, {}).items()):
             fams.add(name, "counter", help_text, count, camera=camera, reason=str(reason))
+    if "detect" in cam:  # v1.1
+        fams.add("camera_detect_on", "gauge", "1 while the camera's detect switch is ON (mqtt.control).",
+                 cam["detect"] == "ON", camera=camera)
+        fams.add("frames_skipped_paused_total", "counter", "Sampled ticks dropped while detect was OFF.",
+                 cam.get("skipped_paused", 0), camera=camera)
+    fams.add("events_open", "gauge", "Events (tracked objects) open now.", cam.get("events", {}).get("open"),
+             camera=camera)
     for quantile, key in (("0.5", "p50"), ("0.95", "p95")):
         ms = cam["inference_ms"][key]
         fams.add("inference_latency_seconds", "gauge", "Inference round trip, recent quantiles.",

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from focoos_edge import __version__
 from focoos_edge.capture.encode import FrameJob
-from focoos_edge.config.models import Config
+from focoos_edge.config.models import CameraConfig, Config
 from focoos_edge.delivery.contract import snapshot_topic
 from focoos_edge.delivery.messages import Topics, dumps
 from focoos_edge.delivery.publisher import Publisher
@@ -75,7 +75,7 @@ class SubscriberFeatures:
             due = gate is not None and gate.due(labels)
         self._publish_counts(changes)
         if due:
-            self._publish_snapshot(job, kept)
+            self.publish_snapshot(job, kept, snapshot_topic(self.topics.base, job.camera))
 
     def labels_dropped(self, camera: str) -> int:
         """Detections of `camera` not counted: their label came after the per-camera cap."""
@@ -87,7 +87,9 @@ class SubscriberFeatures:
         for topic, count in changes:
             self.publisher.publish(topic, str(count).encode(), qos=1, retain=True)
 
-    def _publish_snapshot(self, job: FrameJob, kept: Sequence[Detection]) -> None:
+    def publish_snapshot(self, job: FrameJob, kept: Sequence[Detection], topic: str) -> None:
+        """Render `kept` on the job's (already privacy-masked) JPEG and publish it retained on
+        `topic`, when the camera has snapshots on."""
         cam = next((c for c in self.config.cameras if c.name == job.camera), None)
         if cam is None or cam.snapshot is None:
             return
@@ -97,7 +99,7 @@ class SubscriberFeatures:
         except SnapshotError as exc:
             log.warning("camera %s: no snapshot: %s", job.camera, exc)
             return
-        self.publisher.publish(snapshot_topic(self.topics.base, job.camera), jpeg, qos=1, retain=True)
+        self.publisher.publish(topic, jpeg, qos=1, retain=True)
 
     # -- Home Assistant discovery ----------------------------------------------------------
     def announce(self) -> None:
@@ -106,8 +108,7 @@ class SubscriberFeatures:
         new = [] if ha is None else discovery_messages(
             topic_base=self.topics.base, device_id=self.config.device_id, version=__version__,
             discovery_prefix=ha.discovery_prefix,
-            cameras=[HaCamera(c.name, self.config.count_labels(c), c.snapshot is not None)
-                     for c in self.config.cameras])
+            cameras=[self._ha_camera(c) for c in self.config.cameras])
         for topic in removed_topics(self._discovery, new):
             self.publisher.publish(topic, b"", qos=1, retain=True)
         for msg in new:
@@ -115,6 +116,14 @@ class SubscriberFeatures:
         if ha is not None and not self._discovery:
             self.publisher.subscribe(status_topic(ha.discovery_prefix), self._on_status)
         self._discovery = new
+
+    def _ha_camera(self, cam: CameraConfig) -> HaCamera:
+        """What discovery announces for `cam`: count sensors only with counts on; an occupancy sensor
+        per zone and label (the zone's labels, else the camera's count labels)."""
+        labels = self.config.count_labels(cam)
+        zones = tuple((name, zone.labels or labels) for name, zone in cam.zones.items())
+        return HaCamera(cam.name, labels if cam.counts else (), cam.snapshot is not None, zones,
+                        control=self.config.mqtt.control, events=self.config.events_for(cam).enabled)
 
     def _on_status(self, topic: str, payload: bytes) -> None:
         # paho's network thread: only schedule; the daemon's loop re-publishes after a random delay

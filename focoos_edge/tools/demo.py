@@ -18,6 +18,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from datetime import datetime
 
 import cv2
 import numpy as np
@@ -39,15 +40,22 @@ class DemoError(RuntimeError):
     """A demo prerequisite is missing (the message says how to get it)."""
 
 
+# The "door" zone of the demo camera (normalized), and the walk of marker 7 across it: hidden for a
+# second, then left to right at 130 px/s (in the zone from about 3.7 s to 6.1 s), hidden again from
+# 9 s so its event ends. Marker 1 sways slowly, marker 23 stands still (it turns `stationary`).
+DOOR_ZONE = [[0.35, 0.6], [0.6, 0.6], [0.6, 1.0], [0.35, 1.0]]
+WALK = (1.0, 9.0)  # seconds of the clip during which marker 7 is visible
+
+
 def marker_positions(t_s: float, width: int, height: int) -> list[tuple[int, int, int, int]]:
-    """Three markers on smooth closed paths (period = clip length, so the loop has no jump)."""
-    w, h, s = width - MARKER_PX - 40, height - MARKER_PX - 40, MARKER_PX
+    """Markers at clip time `t_s` (the clip loops every CLIP_SECONDS without a jump)."""
+    s = MARKER_PX
     phase = 2 * math.pi * t_s / CLIP_SECONDS
-    return [
-        (1, int(20 + w * (0.5 + 0.45 * math.sin(phase))), int(20 + h * 0.2), s),
-        (7, int(20 + w * 0.15), int(20 + h * (0.5 + 0.45 * math.sin(phase + 1.0))), s),
-        (23, int(20 + w * (0.75 + 0.2 * math.cos(phase))), int(20 + h * (0.75 + 0.2 * math.sin(phase))), s),
-    ]
+    out = [(1, int(width * 0.25 + 200 * math.sin(phase)), 100, s), (23, width - s - 140, 200, s)]
+    if WALK[0] <= t_s < WALK[1]:
+        x = 40 + (width - s - 120) * (t_s - WALK[0]) / (WALK[1] - WALK[0])
+        out.append((7, int(x), height - s - 60, s))
+    return out
 
 
 def make_clip(path: str) -> str:
@@ -124,16 +132,22 @@ mqtt:
   host: 127.0.0.1
   port: {mqtt_port}
   topic_prefix: focoos
+events:
+  min_frames: 2
+  end_after_s: 2
+  stationary_after_s: 4
 cameras:
   - name: demo_cam
     source: file://{clip}
-    sample_fps: 2
+    sample_fps: 4
     max_side: auto                      # the model's im_size
     jpeg_quality: 80
     privacy_masks:                      # the caption is blacked out before anything leaves the camera
       - [[0.0, 0.86], [0.5, 0.86], [0.5, 1.0], [0.0, 1.0]]
     snapshot:
       min_interval_s: 5
+    zones:
+      door: {{polygon: {DOOR_ZONE}}}
 """)
     return path
 
@@ -150,6 +164,9 @@ class LiveView:
         self.labels: Counter = Counter()
         self.latencies_ms: list[float] = []
         self.started = time.monotonic()
+        self.events = 0
+        self._zones: dict[str, dict[str, str]] = {}  # open event -> zone -> when it entered
+        self._still: set[str] = set()  # open events last reported stationary
         self._lock = threading.Lock()
 
     def on_message(self, topic: str, payload: bytes, retained: bool) -> None:
@@ -163,6 +180,8 @@ class LiveView:
                 self.latencies_ms.append(msg["latency_ms"]["total"])
             self.print(f"{msg['captured_at'][11:23]} {msg['camera']}: {len(msg['detections'])} detections "
                        f"in {msg['latency_ms']['total']:.0f} ms  [{boxes}]")
+        elif topic.endswith("/events"):
+            self.on_event(json.loads(text))
         elif topic.endswith("/snapshot") and self.snapshot_path and payload:
             with open(self.snapshot_path, "wb") as f:
                 f.write(payload)
@@ -172,6 +191,25 @@ class LiveView:
         elif topic.endswith("/state") or topic.endswith("/availability") or topic.endswith("/inference"):
             self.print(f"{topic}: {text}")
 
+    def on_event(self, event: dict) -> None:
+        """Print an event as a sentence: appeared / entered zone / left zone after / stationary / left after."""
+        was_still = event["event_id"] in self._still
+        for line in event_lines(event, self._zones.get(event["event_id"], {}), was_still):
+            self.print(f"{event['last_seen_at'][11:23]} {line}")
+        with self._lock:
+            self.events += 1
+            self._still.discard(event["event_id"])
+            if event["stationary"] and event["type"] != "end":
+                self._still.add(event["event_id"])
+            if event["type"] == "end":
+                self._zones.pop(event["event_id"], None)
+            else:
+                since = self._zones.setdefault(event["event_id"], {})
+                for zone in [z for z in since if z not in event["zones"]]:
+                    del since[zone]
+                for zone in event["zones"]:
+                    since.setdefault(zone, event["last_seen_at"])
+
     def summary(self) -> str:
         with self._lock:
             elapsed = max(time.monotonic() - self.started, 1e-6)
@@ -179,8 +217,29 @@ class LiveView:
             p50 = lat[len(lat) // 2] if lat else 0.0
             labels = ", ".join(f"{k} x{v}" for k, v in self.labels.most_common()) or "none"
             return (f"demo: {self.messages} detection messages in {elapsed:.0f} s "
-                    f"({self.messages / elapsed:.1f}/s), median capture-to-publish {p50:.0f} ms, "
-                    f"labels seen: {labels}")
+                    f"({self.messages / elapsed:.1f}/s), {self.events} events, median capture-to-publish "
+                    f"{p50:.0f} ms, labels seen: {labels}")
+
+
+def _seconds(start: str, end: str) -> float:
+    fmt = "%Y-%m-%dT%H:%M:%S.%fZ"
+    return (datetime.strptime(end, fmt) - datetime.strptime(start, fmt)).total_seconds()
+
+
+def event_lines(event: dict, zones_since: dict[str, str], was_stationary: bool = False) -> list[str]:
+    """What an event says, for people; `zones_since`: the event's zones so far and when it entered
+    each; `was_stationary`: as last reported."""
+    who, kind = event["label"], event["type"]
+    lines = [f"{who} appeared (event {event['event_id']})"] if kind == "new" else []
+    lines += [f"{who} entered zone {z}" for z in event["zones"] if z not in zones_since]
+    gone = [z for z in zones_since if z not in event["zones"] or kind == "end"]
+    lines += [f"{who} left zone {z} after {_seconds(zones_since[z], event['last_seen_at']):.1f} s" for z in gone]
+    if kind != "end" and event["stationary"] != was_stationary:
+        lines.append(f"{who} is stationary" if event["stationary"] else f"{who} is moving again")
+    if kind == "end":
+        lines.append(f"{who} left after {_seconds(event['start_at'], event['last_seen_at']):.1f} s "
+                     f"(event {event['event_id']}, zones {', '.join(event['entered_zones']) or 'none'})")
+    return lines
 
 
 def run_demo(args, stop: threading.Event, print_fn: Callable[[str], None] = print) -> int:
