@@ -130,12 +130,12 @@ def test_reload_removal_clean_stop_and_crash_end_every_event(mosquitto, mqtt_sub
     assert (tmp_path / "state" / "open_events.json").read_text() == '{"v":1,"open":[]}'
 
 
-def test_named_labels_for_the_class_check(tmp_path):
-    from focoos_edge.results import named_labels
+def test_filters_and_zone_labels_reach_the_class_check(tmp_path):
+    from focoos_edge.config.classcheck import label_references
     raw = {"inference": {"api_key": "k-123456", "model_ref": "m"},
            "cameras": [{"name": "cam", "source": "rtsp://127.0.0.1:1/x",
                         "filters": {"*": {"min_area": 0.1}, "person": {"min_score": 0.5}},
                         "zones": {"door": {"polygon": [[0, 0], [1, 0], [1, 1]], "labels": ["cat"]}}}]}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
-    assert list(named_labels(load_config(tmp_path / "c.yaml", environ={}))) == [
+    assert label_references(load_config(tmp_path / "c.yaml", environ={})) == [
         ("cam", "filters.person", "person"), ("cam", "zones.door.labels", "cat")]

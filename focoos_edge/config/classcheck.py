@@ -18,13 +18,17 @@ LabelRef = tuple[str, str, str]  # (camera, key, label)
 
 
 def label_references(config: Config) -> list[LabelRef]:
-    """Every (camera, key, label) the config names: labels, per-label thresholds, snapshot labels."""
+    """Every (camera, key, label) the config names: labels, per-label thresholds, snapshot labels,
+    filters (not `*`) and zone labels."""
     refs: list[LabelRef] = []
     for cam in config.cameras:
         refs += [(cam.name, "labels", label) for label in cam.labels or ()]
         refs += [(cam.name, f"thresholds.{label}", label) for label in cam.thresholds or {}]
         if cam.snapshot is not None:
             refs += [(cam.name, "snapshot.labels", label) for label in cam.snapshot.labels or ()]
+        refs += [(cam.name, f"filters.{label}", label) for label in cam.filters if label != "*"]
+        refs += [(cam.name, f"zones.{name}.labels", label)
+                 for name, zone in cam.zones.items() for label in zone.labels or ()]
     return refs
 
 

@@ -2,7 +2,6 @@
 original frame, filtered, given its zones, tracked into events and turned into the payloads that
 delivery publishes. The daemon only wires it: ``Uplink(..., on_result=results.handle)``."""
 
-from focoos_edge.results.labels import named_labels
 from focoos_edge.results.stage import Results
 
-__all__ = ["Results", "named_labels"]
+__all__ = ["Results"]
