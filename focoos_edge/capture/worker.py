@@ -104,7 +104,7 @@ def open_capture(settings: CaptureSettings, stop: threading.Event | None = None)
     if settings.decode_threads > 0:
         # One thread: no frame-threading delay (one frame per extra thread) and fewer frame buffers.
         params += [cv2.CAP_PROP_N_THREADS, settings.decode_threads]
-    if src.kind == "usb":
+    if src.kind == "usb" and src.device is not None:
         cap = cv2.VideoCapture(src.device, cv2.CAP_V4L2)
         cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
         if settings.usb_mjpeg and cap.isOpened():
@@ -327,7 +327,7 @@ class CameraWorker(threading.Thread):
         if self._budget is not None and not self._budget.try_spend():
             self.counters.skipped_budget += 1
             return False
-        if thumb is not None:
+        if thumb is not None and self._gate is not None:
             self._gate.sent(thumb)
         return True
 

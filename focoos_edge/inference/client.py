@@ -258,7 +258,8 @@ def _read_body(resp: requests.Response, max_bytes: int, deadline: float) -> byte
     The read timeout only bounds each recv: a server trickling a byte at a time would hold a worker
     for ever. `read1` returns whatever one recv brought, so the deadline is checked in between.
     """
-    chunks, total = [], 0
+    chunks: list[bytes] = []
+    total = 0
     raw = resp.raw
     raw.decode_content = True
     while True:
@@ -275,7 +276,8 @@ def _read_body(resp: requests.Response, max_bytes: int, deadline: float) -> byte
 
 def _exception_chain(exc: BaseException) -> Iterator[BaseException]:
     """Every exception wrapped in ``exc``: requests and urllib3 nest them in args, .reason and causes."""
-    stack, seen = [exc], set()
+    stack: list[BaseException] = [exc]
+    seen: set[int] = set()
     while stack and len(seen) < 64:
         current = stack.pop()
         if id(current) in seen:

@@ -13,7 +13,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeGuard
 
 from focoos_edge.inference.errors import MalformedResponseError
 
@@ -117,7 +117,7 @@ def _kind(value: object) -> str:
     return _KINDS.get(type(value), "a number")
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float]:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
     try:
@@ -256,7 +256,7 @@ def parse_model_info(body: bytes, model_ref: str) -> ModelInfo:
 
 
 def _parse_im_size(raw: object) -> int | tuple[int, int] | None:
-    def is_int(v: object) -> bool:
+    def is_int(v: object) -> TypeGuard[int | float]:
         return _is_number(v) and float(v).is_integer() and float(v) > 0
 
     if is_int(raw):

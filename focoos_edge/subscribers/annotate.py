@@ -154,7 +154,8 @@ def _prepare(det: Any, src_w: int, src_h: int, scale: float, out_f: float,
         oh = max(1, round((y0 + crop.shape[0]) * out_f) - oy0)
         crop = cv2.resize(crop.astype(np.uint8), (ow, oh), interpolation=cv2.INTER_NEAREST) > 0
         mask = (ox0, oy0, crop)
-    box = None if bbox_src is None else tuple(round(v * out_f) for v in bbox_src)
+    box = None if bbox_src is None else (round(bbox_src[0] * out_f), round(bbox_src[1] * out_f),
+                                         round(bbox_src[2] * out_f), round(bbox_src[3] * out_f))
     cls_id = _field(det, "cls_id")
     return _Item(colour_for(cls_id if isinstance(cls_id, int) else None),
                  label_text(_field(det, "label"), cls_id, _field(det, "conf") or 0.0), box, mask,
@@ -204,7 +205,7 @@ def annotate(bgr: np.ndarray, detections: Iterable[Any], height: int | None = No
     if out_f != 1.0:
         out_w = max(1, round(src_w * out_f))
         interp = cv2.INTER_AREA if out_f < 1 else cv2.INTER_LINEAR
-        img = cv2.resize(bgr, (out_w, int(height)), interpolation=interp)
+        img = cv2.resize(bgr, (out_w, round(src_h * out_f)), interpolation=interp)
     else:
         img = bgr.copy()
     items = [_prepare(d, src_w, src_h, scale, out_f, offset) for d in detections]

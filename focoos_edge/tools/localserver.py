@@ -19,6 +19,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email import policy
@@ -87,7 +88,8 @@ def extract_form_file(content_type: str, body: bytes, field_name: str = "file") 
     for part in message.iter_parts():
         if part.get_param("name", header="content-disposition") == field_name:
             # decode=True returns the raw bytes whatever the part's declared content type.
-            return part.get_payload(decode=True) or b""
+            payload = part.get_payload(decode=True)
+            return payload if isinstance(payload, bytes) else b""
     raise UploadError(f"missing form field '{field_name}'")
 
 
@@ -219,6 +221,7 @@ class LocalServer:
     def route(self, method: str, target: str, content_type: str, body: bytes) -> tuple[int, object]:
         """Handle one authorised request; return ``(status, json_payload)``."""
         parts = urlsplit(target)
+        handler: Callable[[], tuple[int, object]]
         match [unquote(s) for s in parts.path.strip("/").split("/")]:
             case ["v0", "models"]:
                 allowed, handler = "GET", self._list_models
