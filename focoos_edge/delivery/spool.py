@@ -70,6 +70,14 @@ class Spool:
 
     def __init__(self, path: str | os.PathLike, max_bytes: int, max_age_s: float,
                  outbox_max_bytes: int | None = None, clock_ns=time.time_ns):
+        """Open (or create) the spool at `path`; SpoolError when its folder or file cannot be used."""
+        try:
+            self._init(path, max_bytes, max_age_s, outbox_max_bytes, clock_ns)
+        except (OSError, sqlite3.Error) as exc:  # storage errors stay inside the spool
+            raise SpoolError(f"cannot use {Path(path).parent} for the spool: {exc}") from None
+
+    def _init(self, path: str | os.PathLike, max_bytes: int, max_age_s: float,
+              outbox_max_bytes: int | None, clock_ns) -> None:
         self.path = Path(path)
         self.budget = Budget.derive(self._fit_to_disk(max_bytes), outbox_max_bytes)
         self.max_age_ns = int(max_age_s * 1e9)

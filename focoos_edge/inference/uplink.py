@@ -158,10 +158,14 @@ class Uplink:
                  health: InferenceHealth, stop: threading.Event, default_route: CameraRoute,
                  max_in_flight: int = 4, max_attempts: int = 3, probe_interval_s: float = 60.0,
                  retry_after_max_s: float = 300.0,
-                 on_model: Callable[[ModelInfo], None] | None = None, quota: QuotaWatch | None = None):
+                 on_model: Callable[[ModelInfo], None] | None = None, quota: QuotaWatch | None = None,
+                 on_queued: Callable[[FrameJob], None] | None = None,
+                 on_spilled: Callable[[FrameJob], None] | None = None):
         self.client = client
         self.quota = quota
         self._on_model = on_model or (lambda info: None)
+        self._on_queued = on_queued or (lambda job: None)  # the results stage waits for it (ordering)
+        self._on_spilled = on_spilled or (lambda job: None)  # ... and no longer does
         self.default_route = default_route
         self.model_ref = model_ref
         self.routes = routes
@@ -388,6 +392,20 @@ class Uplink:
                 log.warning("camera %s: a reply exceeded a ceiling (%s, %d in this reply): fixed or dropped "
                             "before publishing; counted in clamped_by_reason", camera, reason, n)
             counters.clamped[reason] += n
+
+    def submit(self, job: FrameJob) -> None:
+        """A camera's new frame: queued for the next free worker. The camera's older frame still
+        waiting, if any, moves to the spool (sent later with spare capacity, as `replayed`)."""
+        self._on_queued(job)
+        older = self.queue.put(job)
+        if older is not None:
+            self._on_spilled(older)
+            self._defer(older, None, attempted=False)
+
+    def spill(self) -> None:
+        """At shutdown, once the workers stopped: frames still in the live queue go to the spool."""
+        while (job := self.queue.get(0)) is not None:
+            self._defer(job, None, attempted=False)
 
     def _defer(self, job: FrameJob, spooled: SpooledFrame | None, attempted: bool) -> None:
         """Keep the frame for later: back into the spool (or stay there)."""

@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from focoos_edge.capture.encode import FrameJob
@@ -52,21 +52,21 @@ class _Item:
 class Results:
     """Turns inference results into published messages; `handle` is called from uplink threads.
 
-    `on_lost(camera, reason)` counts a result that could not be stored (dead-lettered)."""
+    A result that could not be stored is dead-lettered and counted here (`dead_lettered(camera)`)."""
 
     def __init__(self, config: Config, topics: Topics, publisher: Publisher, spool: Spool,
-                 features: SubscriberFeatures, on_lost: Callable[[str, str], None]):
+                 features: SubscriberFeatures):
         self.topics = topics
         self.publisher = publisher
         self.spool = spool
         self.features = features
-        self._on_lost = on_lost
         self.config = config
         self.cameras: dict[str, CameraConfig] = {}
         self._state: dict[str, CameraResults] = {}
         self.store = OpenEventStore(config.state_dir)
         self.events_published = 0
         self._errors: defaultdict[str, Counter] = defaultdict(Counter)  # per camera, by reason
+        self._lost: defaultdict[str, Counter] = defaultdict(Counter)  # dead-lettered, per camera
         self._end_previous_run()
         self.configure(config)
 
@@ -157,6 +157,10 @@ class Results:
                                              cam.thresholds if cam else None)]
         return apply_filters(scaled, cam.filters, job.width, job.height) if cam else scaled
 
+    def dead_lettered(self) -> dict[str, dict[str, int]]:
+        """Results that could not be stored (and had no spool row to go back to), per camera and reason."""
+        return {camera: dict(reasons) for camera, reasons in list(self._lost.items())}
+
     def errors(self, camera: str) -> dict[str, int]:
         """Problems found in this camera's results, by reason (`malformed_mask`)."""
         return dict(self._errors.get(camera, {}))
@@ -203,7 +207,7 @@ class Results:
         if delivery.frame_row is not None:
             self.spool.release_frame(delivery.frame_row, attempted=False)  # retried later
         else:
-            self._on_lost(job.camera, "spool_error")
+            self._lost[job.camera]["spool_error"] += 1
 
     def _payload(self, item: _Item, entries: list[dict], replayed: bool) -> dict:
         job, result, delivery = item.job, item.result, item.delivery

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from collections import Counter
 
 from focoos_edge import __version__
-from focoos_edge.capture.encode import FrameJob, JpegEncoder
+from focoos_edge.capture.encode import JpegEncoder
 from focoos_edge.capture.frameprep import ModelImSize
 from focoos_edge.capture.worker import CameraWorker, CaptureSettings
 from focoos_edge.common.loop import Loop
@@ -89,11 +88,8 @@ class Daemon:
         self.started_mono = time.monotonic()
         sp = config.spool
         self.state_lock = StateDirLock(config.state_dir)  # before the spool: one daemon per state_dir
-        try:
-            self.spool = Spool(config.state_dir / "spool.db", int(sp.max_bytes), sp.max_age_s,
-                               int(sp.outbox_max_bytes) if sp.outbox_max_bytes else None)
-        except (OSError, sqlite3.Error) as exc:
-            raise SpoolError(f"cannot use state_dir {config.state_dir} for the spool: {exc}") from None
+        self.spool = Spool(config.state_dir / "spool.db", int(sp.max_bytes), sp.max_age_s,
+                           int(sp.outbox_max_bytes) if sp.outbox_max_bytes else None)
         # Frames and messages found in the spool at start belong to this run's accounting.
         self.recovered = Counter({cam: n["frames"] + n["outbox"]
                                   for cam, n in frames_only(self.spool.pending()).items()})
@@ -110,12 +106,12 @@ class Daemon:
         self.im_size = ModelImSize()  # learnt from the model info; sizes the uploads of max_side: auto
         self.config_warnings: list[str] = []  # labels naming classes the model lacks
         self._upload_sides: dict[str, int] = {}  # logged upload size per camera
-        self.results = Results(config, self.topics, self.publisher, self.spool, self.features, self._on_lost)
+        self.results = Results(config, self.topics, self.publisher, self.spool, self.features)
         self.uplink = Uplink(self._make_client(config), inf.model_ref, self._routes(config), self.queue,
                              self.spool, self.results.handle, self.health, stop,
                              default_route=CameraRoute(threshold=inf.threshold), max_in_flight=inf.max_in_flight,
                              probe_interval_s=inf.recheck_interval_s, retry_after_max_s=inf.retry_after_max_s,
-                             on_model=self._on_model,
+                             on_model=self._on_model, on_queued=self.results.expect, on_spilled=self.results.forget,
                              quota=QuotaWatch(lambda: self.uplink.client.account_quota(),
                                               inf.quota_check_interval_s))
         self.workers: dict[str, CameraWorker] = {}
@@ -193,8 +189,7 @@ class Daemon:
             self.metrics.stop()
         self._stop_cameras(list(self.workers), keep=True)  # kept: the final stats describe them
         self.uplink.join(timeout_s=self.config.inference.timeout_s + 1.0)
-        while (job := self.queue.get(0)) is not None:
-            self._to_spool(job)
+        self.uplink.spill()
         self.results.close()  # held results out, open events ended (through the outbox)
         self.publisher.flush()
         self.publisher.publish(self.topics.stats, self.stats(), qos=0)
@@ -206,7 +201,7 @@ class Daemon:
         self.state_lock.release()
 
     def _start_camera(self, cam) -> None:
-        worker = CameraWorker(capture_settings(cam), self._on_job, self._on_camera_state, threading.Event(),
+        worker = CameraWorker(capture_settings(cam), self.uplink.submit, self._on_camera_state, threading.Event(),
                               im_size=self.im_size, paused=self.control.paused(cam.name))
         self.workers[cam.name] = worker
         self._on_camera_state(cam.name, worker.state, None)
@@ -323,30 +318,12 @@ class Daemon:
         except SpoolError as exc:
             log.error("spool: %s", exc)
 
-    def _to_spool(self, job: FrameJob) -> None:
-        try:
-            self.spool.put_frame(job)
-            self.uplink.counters[job.camera].spooled += 1
-        except SpoolError as exc:
-            self.uplink.counters[job.camera].dead_lettered["spool_error"] += 1
-            log.error("camera %s: frame %s lost: %s", job.camera, job.frame_id, exc)
-
     # -- callbacks ------------------------------------------------------------------
-    def _on_job(self, job: FrameJob) -> None:
-        self.results.expect(job)
-        older = self.queue.put(job)
-        if older is not None:  # the uplink is busy: the older frame waits in the spool
-            self.results.forget(older)
-            self._to_spool(older)
-
     def _on_camera_state(self, camera: str, state: str, detail: str | None) -> None:
         worker = self.workers.get(camera)
         fps = worker.fps() if worker else 0.0
         self.publisher.set_state(self.topics.camera_state(camera),
                                  camera_state_payload(state, time.time(), fps, detail))
-
-    def _on_lost(self, camera: str, reason: str) -> None:
-        self.uplink.counters[camera].dead_lettered[reason] += 1
 
     def _on_inference_state(self, state: str, detail: str | None) -> None:
         self.publisher.set_state(self.topics.inference, inference_state_payload(
@@ -384,7 +361,16 @@ class Daemon:
         return accounting(
             sampled=sampled, recovered=self.recovered, delivered=frames_only(dict(self.publisher.delivered)),
             waiting=waiting, evicted={k: n for k, n in dict(self.spool.evicted).items() if "/" not in k[0]},
-            dead_lettered={c: sum(dict(u.dead_lettered).values()) for c, u in dict(self.uplink.counters).items()})
+            dead_lettered=self._dead_lettered_total())
+
+    def _dead_lettered_total(self) -> Counter:
+        """Per camera: frames the uplink gave up on and results the results stage could not store."""
+        total: Counter = Counter()
+        for camera, counters in dict(self.uplink.counters).items():
+            total[camera] += sum(dict(counters.dead_lettered).values())
+        for camera, reasons in self.results.dead_lettered().items():
+            total[camera] += sum(reasons.values())
+        return total
 
     def _camera_stats(self, camera: str, account: dict) -> dict:
         w = self.workers.get(camera)
@@ -404,7 +390,8 @@ class Daemon:
             "skipped_paused": w.counters.skipped_paused if w else 0, "detect": self.control.state(camera),
             "spooled": up.spooled, "evicted_by_reason": evicted,
             "errors": dict(Counter(up.errors) + Counter(self.results.errors(camera))),
-            "dead_lettered_by_reason": dict(up.dead_lettered),
+            "dead_lettered_by_reason": dict(Counter(up.dead_lettered)
+                                            + Counter(self.results.dead_lettered().get(camera, {}))),
             "clamped_by_reason": {**up.clamped, **({"count_label_cap": n} if (n := self.features.labels_dropped(camera))
                                                    else {})},
             "inference_ms": {"p50": percentile(up.round_trips_ms, 0.5),
