@@ -125,6 +125,26 @@ def test_installed_config_reads_the_key_from_the_credential(installed, tmp_path)
     assert "fk-test-0123456789" not in check.stdout + check.stderr
 
 
+def test_check_config_by_hand_after_install_finds_the_units_credentials_folder(installed):
+    """install.sh's "next:" lines, run as written: check-config without systemd's
+    $CREDENTIALS_DIRECTORY reads the key from /etc/focoos-edge/credentials (what LoadCredential= reads),
+    and before the key is written says exactly what to run."""
+    assert "sudo install -m 0600 /dev/stdin" in installed.first_output
+    command = [str(installed.venv / "bin/focoos-edge"), "check-config", "-c", str(installed.etc / "config.yaml")]
+    env = {k: v for k, v in os.environ.items() if k != "CREDENTIALS_DIRECTORY"}
+    key = installed.etc / "credentials/focoos_api_key"
+    before = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+    assert before.returncode == 78
+    assert f"write it with: sudo install -m 0600 /dev/stdin {key}\n" in before.stderr, before.stderr
+    key.write_text("fk-by-hand-0123456789\n")
+    try:
+        after = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+    finally:
+        key.unlink()
+    assert after.returncode == 0, after.stderr
+    assert "fk-by-hand-0123456789" not in after.stdout + after.stderr
+
+
 def test_usage_errors_exit_2(tmp_path):
     result = subprocess.run(["bash", str(SCRIPT), "--root", str(tmp_path), "--bogus"], capture_output=True,
                             text=True, timeout=30)

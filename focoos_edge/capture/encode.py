@@ -9,11 +9,14 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from focoos_edge.common.ospackages import package_for
+
 log = logging.getLogger(__name__)
 
+# Names this distribution's package (libturbojpeg0 on Debian, libturbojpeg on Ubuntu/JetPack).
 TURBOJPEG_HINT = (
-    "libturbojpeg was not found: install it with 'apt-get install libturbojpeg0' "
-    "(Debian, Raspberry Pi OS, Ubuntu/JetPack), or set TURBOJPEG to the library's path"
+    f"libturbojpeg was not found: install it with 'apt-get install {package_for('turbojpeg')}', "
+    "or set TURBOJPEG to the library's path"
 )
 
 
