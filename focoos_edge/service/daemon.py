@@ -27,6 +27,7 @@ from focoos_edge.inference.client import FocoosClient, InferenceResult, scale_de
 from focoos_edge.inference.uplink import CameraRoute, Delivery, InferenceHealth, LiveQueue, Uplink
 from focoos_edge.service.logs import set_level
 from focoos_edge.service.metrics import MetricsServer
+from focoos_edge.service.reloadctl import ReloadAnswers
 from focoos_edge.service.stats import CpuMeter, accounting, percentile, rss_bytes
 from focoos_edge.service.systemd import Notifier
 from focoos_edge.subscribers.features import SubscriberFeatures
@@ -79,6 +80,7 @@ class Daemon:
         self._on_secrets = on_secrets or (lambda secrets: None)
         self.topics = Topics(config.mqtt.topic_prefix, config.device_id)
         self.started_mono = time.monotonic()
+        self.loop_turned = self.started_mono  # the main loop's last turn (/healthz)
         sp = config.spool
         try:
             self.spool = Spool(config.state_dir / "spool.db", int(sp.max_bytes), sp.max_age_s,
@@ -103,6 +105,7 @@ class Daemon:
         self.workers: dict[str, CameraWorker] = {}
         self.metrics: MetricsServer | None = None
         self.reloads = 0
+        self.reload_answers = ReloadAnswers()  # `focoos-edge reload` (ExecReload) waits on these
         self.retired_sampled: Counter = Counter()  # frames sampled by workers stopped on reload
         self.cpu = CpuMeter()
         self.notifier = Notifier()
@@ -140,9 +143,10 @@ class Daemon:
         # Ping at a quarter of WatchdogSec: one late tick on a loaded box must not cost a restart.
         tick_s = min(1.0, (self.notifier.watchdog_interval_s or 2.0) / 2)
         while not self.stop.wait(tick_s):
+            self.loop_turned = time.monotonic()
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
-                self.reload()
+                self.reload_answers.answer(self.reload())
             if self.notifier.watchdog_interval_s:
                 self._feed_watchdog()
             self.features.tick()
@@ -196,7 +200,8 @@ class Daemon:
             return None
         meter = CpuMeter()  # its own: scrapes must not shorten the stats topic's CPU window
         try:
-            server = MetricsServer(m.host, m.port, lambda: self.stats(cpu=meter)).start()
+            server = MetricsServer(m.host, m.port, lambda: self.stats(cpu=meter),
+                                   lambda: stalled(self.heartbeats())).start()
         except OSError as exc:
             log.error("metrics: cannot listen on %s:%d: %s; continuing without", m.host, m.port, exc)
             return None
@@ -266,6 +271,8 @@ class Daemon:
         inf = self.config.inference
         beats["uplink"] = (now - self.uplink.last_progress, inf.timeout_s * 3 + 15.0, self.uplink.alive())
         beats["mqtt outbox"] = (now - self.publisher.last_progress, 15.0, self.publisher.alive())
+        # This loop feeds the watchdog itself; /healthz (another thread) needs to see it turn too.
+        beats["main loop"] = (now - self.loop_turned, 15.0, True)
         return beats
 
     def _feed_watchdog(self) -> None:

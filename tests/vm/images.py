@@ -38,8 +38,8 @@ def rootfs_tarball(kind: str, packages: tuple[str, ...]) -> tuple[Path, float]:
     partial = target.with_suffix(".partial")
     started = time.monotonic()
     subprocess.run(
-        ["mmdebstrap", "--quiet", "--variant=apt", "--format=tar", "--include=" + ",".join(packages), SUITE, str(partial)],
-        check=True, stdin=subprocess.DEVNULL, timeout=900)
+        ["mmdebstrap", "--quiet", "--variant=apt", "--format=tar", "--include=" + ",".join(packages), SUITE,
+         str(partial)], check=True, stdin=subprocess.DEVNULL, timeout=900)
     partial.rename(target)
     return target, time.monotonic() - started
 

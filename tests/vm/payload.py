@@ -1,0 +1,54 @@
+"""What the VM gets on its second disk: the project's files, a wheelhouse for an offline install by
+scripts/install.sh, and a clip with ArUco markers for a file camera."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import tomllib
+
+from tests.vm.images import CACHE
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def project_files() -> list[str]:
+    """Tracked and new (not ignored) files of the checkout: what a clone would have."""
+    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                         capture_output=True, check=True, timeout=60).stdout
+    return [name for name in out.decode().split("\0") if name and (ROOT / name).is_file()]
+
+
+def requirements() -> list[str]:
+    """The runtime dependencies and the build backend: what an offline `pip install SRC` needs."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    return [*project["project"]["dependencies"], *project["build-system"]["requires"]]
+
+
+def wheelhouse() -> Path:
+    """Wheels of every requirement for this Python (3.11 here and in Debian 12), cached by the list."""
+    reqs = requirements()
+    key = hashlib.sha256("\n".join([sys.version.split()[0], *reqs]).encode()).hexdigest()[:10]
+    target = CACHE / f"wheels-py{sys.version_info[0]}{sys.version_info[1]}-{key}"
+    if not target.is_dir():
+        partial = target.with_name(target.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        # `pip wheel`: the few sdist-only packages become wheels here, where a compiler and network are.
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check", "-w",
+                        str(partial), *reqs], check=True, timeout=900)
+        partial.rename(target)
+    return target
+
+
+def fill(folder: Path, clip: Path) -> None:
+    """The disk's tree: src/ (the checkout), wheels/, clip.mp4."""
+    for name in project_files():
+        dest = folder / "src" / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, dest)
+    shutil.copytree(wheelhouse(), folder / "wheels")
+    shutil.copy2(clip, folder / "clip.mp4")
