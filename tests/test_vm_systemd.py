@@ -22,7 +22,7 @@ import pytest
 
 from tests.vm.images import CACHE, VM_PACKAGES, rootfs_tarball, tools_missing
 from tests.vm.machine import VM, Result, base_image, data_disk
-from tests.vm.payload import fill
+from tests.vm.payload import fill, preinstall, preinstall_key
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
@@ -33,7 +33,7 @@ state_dir: /var/lib/focoos-edge
 log_level: info
 stats_interval_s: 5
 inference:
-  api_url: http://127.0.0.1:8501
+  api_url: http://127.0.0.1:8501/v0
   api_key_file: focoos_api_key
   model_ref: local-aruco
   threshold: {threshold}
@@ -91,7 +91,8 @@ class Box:
 
     def wait_for(self, cmd: str, timeout_s: float, what: str) -> str:
         """Run `cmd` until it exits 0 (inside the VM, so one round trip); its output."""
-        loop = f"for i in $(seq {int(timeout_s)}); do out=$({cmd}) && {{ echo \"$out\"; exit 0; }}; sleep 1; done; exit 1"
+        loop = (f"end=$((SECONDS + {int(timeout_s)})); while [ $SECONDS -lt $end ]; do "
+                f"out=$({cmd}) && {{ echo \"$out\"; exit 0; }}; sleep 1; done; exit 1")
         result = self.sh(loop, timeout_s + 30)
         assert result.rc == 0, f"{what}: not within {timeout_s:.0f} s\n{self.journal('-n 40')}"
         return result.out
@@ -112,7 +113,7 @@ def box():
     tarball, spent = rootfs_tarball("vm", VM_PACKAGES)
     TIMINGS["rootfs_build_s" if spent else "rootfs_cached_s"] = round(spent or time.monotonic() - started, 1)
     started = time.monotonic()
-    image, spent = base_image(tarball)
+    image, spent = base_image(tarball, preinstall, preinstall_key())
     TIMINGS["image_build_s" if spent else "image_cached_s"] = round(spent or time.monotonic() - started, 1)
     work = Path(tempfile.mkdtemp(prefix="focoos-vm-"))
     started = time.monotonic()
@@ -151,7 +152,10 @@ def box():
 
 
 def test_install_sh_installs_offline_and_enables_the_unit(box: Box) -> None:
+    """The image's tree was filled by install.sh in a chroot; here, under a running systemd, it
+    runs again (an upgrade): the package from this checkout, daemon-reload and enable."""
     assert "installed focoos-edge" in box.install_output
+    assert "keeping /etc/focoos-edge/config.yaml" in box.install_output
     assert "skipped systemctl" not in box.install_output  # systemd is PID 1 here
     assert box.ok(f"systemctl is-enabled {UNIT}").strip() == "enabled"
     # check-config by hand, as install.sh says: reads the key from the credentials folder.

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,9 +56,13 @@ def _customize(tree: Path) -> None:
     (wants / "vm-agent.service").symlink_to("/etc/systemd/system/vm-agent.service")
 
 
-def base_image(tarball: Path) -> tuple[BaseImage, float]:
-    """The cached root image for ``tarball`` (built now if missing) and the seconds that took."""
-    key = hashlib.sha256(AGENT.read_bytes() + AGENT_UNIT.encode() + tarball.name.encode()).hexdigest()[:10]
+def base_image(tarball: Path, prepare: Callable[[Path], None] = lambda tree: None,
+               prepare_key: str = "") -> tuple[BaseImage, float]:
+    """The cached root image for ``tarball`` (built now if missing) and the seconds that took.
+    ``prepare(tree)`` adds to the unpacked tree before the image is made; ``prepare_key`` names what
+    it adds (part of the cache key)."""
+    key = hashlib.sha256(AGENT.read_bytes() + AGENT_UNIT.encode() + tarball.name.encode()
+                         + prepare_key.encode()).hexdigest()[:10]
     folder = CACHE / f"{tarball.stem}-img-{key}"
     image = BaseImage(folder / "root.img", folder / "vmlinuz", folder / "initrd.img")
     if image.root.is_file():
@@ -67,6 +73,7 @@ def base_image(tarball: Path) -> tuple[BaseImage, float]:
         tree.mkdir()
         subprocess.run(["tar", "-xf", str(tarball), "-C", str(tree)], check=True, timeout=600)
         _customize(tree)
+        prepare(tree)
         staging = Path(tmp) / "out"
         staging.mkdir()
         (staging / "vmlinuz").write_bytes(next((tree / "boot").glob("vmlinuz-*")).read_bytes())
@@ -74,6 +81,9 @@ def base_image(tarball: Path) -> tuple[BaseImage, float]:
         subprocess.run(["mkfs.ext4", "-q", "-L", "root", "-d", str(tree), str(staging / "root.img"), "3G"],
                        check=True, timeout=600)
         staging.rename(folder)
+    for stale in CACHE.glob(f"{tarball.stem}-img-*"):  # older keys: a 3 GB (sparse) image each
+        if stale != folder:
+            shutil.rmtree(stale, ignore_errors=True)
     return image, time.monotonic() - started
 
 
