@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from procs import free_port
 
 from focoos_edge.service.metrics import MetricsServer
 from tests.vm.images import BASE_PACKAGES, cache_name, rootfs_tarball, tools_missing
@@ -118,6 +119,7 @@ def test_the_demo_runs_inside_the_image(image: dict, mosquitto_factory) -> None:
 
 def test_the_daemon_reads_a_secret_file_and_answers_healthz(image: dict, mosquitto_factory, tmp_path: Path) -> None:
     broker = mosquitto_factory()
+    hub_port, metrics_port = free_port(), free_port()  # buildah's chroot isolation shares the host's network
     secrets, conf = tmp_path / "secrets", tmp_path / "config"
     secrets.mkdir()
     conf.mkdir()
@@ -125,7 +127,7 @@ def test_the_daemon_reads_a_secret_file_and_answers_healthz(image: dict, mosquit
     (conf / "config.yaml").write_text(f"""device_id: box
 state_dir: /data
 inference:
-  api_url: http://127.0.0.1:18601
+  api_url: http://127.0.0.1:{hub_port}/v0
   api_key_file: focoos_api_key
   model_ref: local-aruco
 mqtt:
@@ -133,7 +135,7 @@ mqtt:
   port: {broker.port}
 metrics:
   enabled: true
-  port: 19808
+  port: {metrics_port}
 cameras:
   - name: cam
     source: file:///tmp/clip.mp4
@@ -141,15 +143,15 @@ cameras:
     healthcheck = shlex.join(image["Docker"]["config"]["Healthcheck"]["Test"][1:])  # the image's own
     script = f"""set -e
 python3 -c 'from focoos_edge.tools.demo import make_clip; make_clip("/tmp/clip.mp4")'
-FOCOOS_LOCAL_API_KEY=fk-container-secret-1234 focoos-edge local-server --port 18601 2>/tmp/server.log &
+FOCOOS_LOCAL_API_KEY=fk-container-secret-1234 focoos-edge local-server --port {hub_port} 2>/tmp/server.log &
 focoos-edge run -c /config/config.yaml 2>/tmp/daemon.log & daemon=$!
 for i in $(seq 120); do
-  if FOCOOS_EDGE_METRICS_PORT=19808 {healthcheck}; then echo healthy; break; fi
+  if FOCOOS_EDGE_METRICS_PORT={metrics_port} {healthcheck}; then echo healthy; break; fi
   sleep 1
 done
 ls -n /data
-kill -TERM $daemon; rc=0; wait $daemon || rc=$?; echo "daemon exit $rc"
-tail -5 /tmp/daemon.log
+rc=0; kill -TERM $daemon && wait $daemon || rc=$?; echo "daemon exit $rc"
+tail -n 20 /tmp/daemon.log /tmp/server.log
 """
     done = run_in(IMAGE, script, volumes=(f"{secrets}:/run/secrets:ro", f"{conf}:/config:ro"))
     out = done.stdout + done.stderr
