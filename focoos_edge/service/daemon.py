@@ -143,10 +143,11 @@ class Daemon:
         # Ping at a quarter of WatchdogSec: one late tick on a loaded box must not cost a restart.
         tick_s = min(1.0, (self.notifier.watchdog_interval_s or 2.0) / 2)
         while not self.stop.wait(tick_s):
-            self.loop_turned = time.monotonic()
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
                 self.reload_answers.answer(self.reload())
+            # After a reload (it may join camera threads for seconds), so it never counts as a stall.
+            self.loop_turned = time.monotonic()
             if self.notifier.watchdog_interval_s:
                 self._feed_watchdog()
             self.features.tick()
