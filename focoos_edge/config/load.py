@@ -60,10 +60,19 @@ def _credential_dirs(info: ValidationInfo) -> list[Path]:
     return [Path(base) / "credentials"] if base is not None else []
 
 
+def _is_file(path: Path) -> bool:
+    """``Path.is_file`` that says False, not PermissionError, inside a folder we may not enter (a
+    non-root ``check-config`` and the root-only credentials folder)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 def _locate_file(path: Path, info: ValidationInfo) -> Path:
     if not path.is_absolute():
         for folder in _credential_dirs(info):
-            if (folder / path).is_file():
+            if _is_file(folder / path):
                 return folder / path
     return resolve_path(path, info)
 
