@@ -164,6 +164,16 @@ def cmd_demo(args) -> int:
     return run_demo(args, stop)
 
 
+def cmd_reload(args) -> int:
+    from focoos_edge.service.reloadctl import request_reload
+
+    try:
+        return request_reload(args.pid, args.timeout)
+    except ProcessLookupError:
+        print(f"focoos-edge: no process {args.pid}", file=sys.stderr)
+        return EX_FATAL
+
+
 def add_local_server_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``local-server`` options (here, not in the server's module: `--help` must not load OpenCV)."""
     from focoos_edge.tools import LOCAL_SERVER_IM_SIZE, LOCAL_SERVER_KEY_ENV, LOCAL_SERVER_PORT
@@ -218,6 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use the broker on 127.0.0.1:PORT instead of starting one")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("reload", help="SIGHUP the daemon and wait for its answer (the unit's ExecReload)")
+    p.add_argument("--pid", type=int, required=True, help="the daemon's process id ($MAINPID)")
+    p.add_argument("--timeout", type=float, default=75.0, help="seconds to wait for the answer (default 75)")
+    p.set_defaults(func=cmd_reload)
     p = sub.add_parser("schema", help="print the JSON Schema of the config file")
     p.set_defaults(func=cmd_schema)
     p = sub.add_parser("schemas", help="print the JSON Schemas of the MQTT payloads (all, or one by name)")

@@ -12,6 +12,8 @@
 #                 in place; to fill a chroot, run this script inside the chroot.
 #   --no-apt      do not install system packages (they must be there already)
 #   --python PY   interpreter for the venv (default: python3, Debian's)
+#   --wheels DIR  install offline from the wheels in DIR (pip --no-index --find-links DIR)
+#   --print-packages  print the apt packages this system would get (names differ per distribution)
 #
 # Layout: /opt/focoos-edge/venv (program), /opt/focoos-edge/doc, /etc/systemd/system/focoos-edge.service,
 # /etc/focoos-edge/{config.yaml,environment,credentials/}, /var/lib/focoos-edge (spool, made by systemd).
@@ -23,9 +25,10 @@ root=""
 use_apt=1
 python=python3
 action=install
+wheels=""
 
 usage() {
-  sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -35,6 +38,8 @@ while [ $# -gt 0 ]; do
     --root=*) root=${1#--root=} ;;
     --no-apt) use_apt=0 ;;
     --python) [ $# -ge 2 ] || usage; python=$2; shift ;;
+    --wheels) [ $# -ge 2 ] || usage; wheels=$(cd "$2" && pwd); shift ;;
+    --print-packages) action=print-packages ;;
     --uninstall) action=uninstall ;;
     --purge) action=purge ;;
     -h|--help) usage ;;
@@ -65,16 +70,20 @@ die() { echo "install.sh: $*" >&2; exit 1; }
 # systemctl only for the running system: not for --root, not where PID 1 is another init.
 systemd_running() { [ -z "$root" ] && [ -d /run/systemd/system ]; }
 
-if [ -z "$root" ] && [ "$(id -u)" -ne 0 ]; then
+if [ "$action" != print-packages ] && [ -z "$root" ] && [ "$(id -u)" -ne 0 ]; then
   die "run it as root (sudo $0), or use --root DIR"
 fi
 
 arch=$(dpkg --print-architecture 2>/dev/null || uname -m)
 
+. "$src/scripts/os-packages.sh"
+
 install_packages() {
-  # python3-venv: the venv; libturbojpeg0: what PyTurboJPEG loads; python3-systemd: journald
-  # fields (CAMERA, FRAME_ID) without compiling systemd-python on the box.
-  local pkgs=(python3 python3-venv libturbojpeg0 python3-systemd) missing=() p
+  # python3-venv: the venv; libturbojpeg0 (Debian) / libturbojpeg (Ubuntu): what PyTurboJPEG loads;
+  # python3-systemd: journald fields (CAMERA, FRAME_ID) without compiling systemd-python on the box.
+  local pkgs missing=() p
+  mapfile -t pkgs < <(os_packages runtime install)
+  [ "${#pkgs[@]}" -gt 0 ] || die "no package list for this system (see focoos_edge/common/os-packages.tsv)"
   for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
@@ -111,10 +120,12 @@ make_venv() {
   # Built from a copy: pip builds in the source folder and would leave build/ in the checkout.
   local stage
   stage=$(mktemp -d)
-  cp -r "$src/pyproject.toml" "$src/README.md" "$src/focoos_edge" "$stage/"
+  cp -r "$src/pyproject.toml" "$src/README.md" "$src/LICENSE" "$src/focoos_edge" "$stage/"
   find "$stage" -name __pycache__ -prune -exec rm -rf {} +
   say "installing focoos-edge from $src into $VENV"
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade "$stage" \
+  local offline=()
+  [ -z "$wheels" ] || offline=(--no-index --find-links "$wheels")
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check "${offline[@]}" --upgrade "$stage" \
     || { rm -rf -- "$stage"; die "pip install failed"; }
   rm -rf -- "$stage"
   link_journal_bindings
@@ -184,7 +195,7 @@ EOF
 check_runtime() {
   "$VENV/bin/focoos-edge" --version >/dev/null || die "$VENV/bin/focoos-edge does not run"
   "$VENV/bin/python" -c "import turbojpeg; turbojpeg.TurboJPEG()" 2>/dev/null \
-    || warn "libturbojpeg is not loadable: install it with apt-get install libturbojpeg0"
+    || warn "libturbojpeg is not loadable: install it with apt-get install $(os_packages runtime | grep turbojpeg || echo libturbojpeg0)"
 }
 
 do_install() {
@@ -204,8 +215,10 @@ do_install() {
     say "not the running system (or PID 1 is not systemd): skipped systemctl daemon-reload/enable"
   fi
   say "installed $("$VENV/bin/focoos-edge" --version) in ${root:-/}"
-  say "next: edit $ETC/config.yaml, put the API key in $ETC/credentials/focoos_api_key (0600), then"
-  say "      focoos-edge check-config, and: systemctl start focoos-edge   (docs: $OPT/doc/operations.md)"
+  say "next: edit $ETC/config.yaml, put the API key in $ETC/credentials/focoos_api_key (0600):"
+  say "      sudo install -m 0600 /dev/stdin $ETC/credentials/focoos_api_key"
+  say "then: sudo $VENV/bin/focoos-edge check-config -c $ETC/config.yaml"
+  say "      sudo systemctl start focoos-edge   (docs: $OPT/doc/operations.md)"
 }
 
 do_uninstall() {
@@ -227,6 +240,7 @@ do_uninstall() {
 }
 
 case "$action" in
+  print-packages) os_packages runtime install ;;
   install) do_install ;;
   uninstall|purge) do_uninstall ;;
 esac

@@ -2,25 +2,34 @@
 # Sets up focoos-edge on Debian 12 / Raspberry Pi OS Bookworm / Ubuntu 22.04+:
 # the system packages it needs and a virtualenv in .venv with the package installed (editable).
 #   scripts/setup.sh          runtime + demo
-#   scripts/setup.sh --test   also what the test suite needs (ffmpeg, GStreamer RTSP server, test extras)
+#   scripts/setup.sh --test   also what the test suite needs (ffmpeg, GStreamer RTSP server, qemu and
+#                             mmdebstrap for the systemd VM, buildah for the container image, test extras)
+#   scripts/setup.sh [--test] --print-packages   only print the apt packages it would want here
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/os-packages.sh
 
 with_test=0
+print_only=0
 for arg in "$@"; do
   case "$arg" in
     --test) with_test=1 ;;
-    *) echo "usage: $0 [--test]" >&2; exit 2 ;;
+    --print-packages) print_only=1 ;;
+    *) echo "usage: $0 [--test] [--print-packages]" >&2; exit 2 ;;
   esac
 done
 
-# libturbojpeg0: the TurboJPEG library PyTurboJPEG loads; mosquitto: the demo's broker.
-pkgs=(python3 python3-venv python3-pip libturbojpeg0 mosquitto mosquitto-clients)
-if [ "$with_test" = 1 ]; then
-  # ffmpeg makes test clips; Debian's python3 runs the GStreamer RTSP test camera;
-  # systemd (systemd-analyze) and procps (/bin/kill) check the unit file.
-  pkgs+=(ffmpeg python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base
-         gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly systemd procps)
+# Names per distribution: focoos_edge/common/os-packages.tsv (libturbojpeg0 on Debian, libturbojpeg
+# on Ubuntu). runtime: Python, venv, TurboJPEG; demo: pip and the demo's broker; test: ffmpeg and the
+# GStreamer RTSP camera, systemd-analyze and /bin/kill for the unit checks, qemu + mmdebstrap for the
+# VM with a real systemd (tests/test_vm_systemd.py), buildah for the image (tests/test_container.py).
+uses="runtime demo"
+[ "$with_test" = 1 ] && uses="$uses test"
+mapfile -t pkgs < <(os_packages $uses)
+[ "${#pkgs[@]}" -gt 0 ] || { echo "setup: no package list for this system" >&2; exit 1; }
+if [ "$print_only" = 1 ]; then
+  printf '%s\n' "${pkgs[@]}"
+  exit 0
 fi
 
 missing=()

@@ -11,6 +11,8 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -125,6 +127,26 @@ def test_installed_config_reads_the_key_from_the_credential(installed, tmp_path)
     assert "fk-test-0123456789" not in check.stdout + check.stderr
 
 
+def test_check_config_by_hand_after_install_finds_the_units_credentials_folder(installed):
+    """install.sh's "next:" lines, run as written: check-config without systemd's
+    $CREDENTIALS_DIRECTORY reads the key from /etc/focoos-edge/credentials (what LoadCredential= reads),
+    and before the key is written says exactly what to run."""
+    assert "sudo install -m 0600 /dev/stdin" in installed.first_output
+    command = [str(installed.venv / "bin/focoos-edge"), "check-config", "-c", str(installed.etc / "config.yaml")]
+    env = {k: v for k, v in os.environ.items() if k != "CREDENTIALS_DIRECTORY"}
+    key = installed.etc / "credentials/focoos_api_key"
+    before = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+    assert before.returncode == 78
+    assert f"write it with: sudo install -m 0600 /dev/stdin {key}\n" in before.stderr, before.stderr
+    key.write_text("fk-by-hand-0123456789\n")
+    try:
+        after = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+    finally:
+        key.unlink()
+    assert after.returncode == 0, after.stderr
+    assert "fk-by-hand-0123456789" not in after.stdout + after.stderr
+
+
 def test_usage_errors_exit_2(tmp_path):
     result = subprocess.run(["bash", str(SCRIPT), "--root", str(tmp_path), "--bogus"], capture_output=True,
                             text=True, timeout=30)
@@ -157,3 +179,29 @@ def test_uninstall_keeps_config_and_state_then_purge_removes_all(installed):
     assert not dropin.exists()
     assert not [p for p in tree(root) if "focoos" in p], tree(root)
     shutil.rmtree(root)
+
+
+def test_check_config_as_a_non_root_user_says_to_use_sudo():
+    """The credentials folder is root-only (0700): a user's check-config says so instead of crashing
+    (Path.is_file raised PermissionError inside it)."""
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to drop to a user")
+    if subprocess.run([*nobody, sys.executable, "-c", "import focoos_edge"], capture_output=True,
+                      cwd="/", timeout=60).returncode != 0:
+        pytest.skip("this checkout is not readable by an unprivileged user")
+    folder = Path(tempfile.mkdtemp(prefix="focoos-cc-", dir="/tmp"))
+    try:
+        folder.chmod(0o755)
+        (folder / "credentials").mkdir(mode=0o700)
+        (folder / "credentials/focoos_api_key").write_text("fk-root-only-0123\n")
+        (folder / "config.yaml").write_text("inference:\n  api_key_file: focoos_api_key\n")
+        (folder / "config.yaml").chmod(0o644)
+        result = subprocess.run([*nobody, sys.executable, "-m", "focoos_edge", "check-config", "-c",
+                                 str(folder / "config.yaml")], capture_output=True, text=True, timeout=60,
+                                cwd="/", env={**os.environ, "PYTHONPATH": str(ROOT)})
+    finally:
+        shutil.rmtree(folder)
+    assert result.returncode == 78, result.stderr
+    assert f"{folder}/credentials is readable by root only, run check-config with sudo" in result.stderr
+    assert "Traceback" not in result.stderr and "fk-root-only" not in result.stderr

@@ -125,7 +125,8 @@ def test_lifecycle_directives(unit):
     assert "78" in value(unit, "Service", "RestartPreventExitStatus").split()
     assert int(value(unit, "Unit", "StartLimitBurst")) >= 2
     assert int(value(unit, "Unit", "StartLimitIntervalSec")) > 0
-    assert value(unit, "Service", "ExecReload") == "/bin/kill -HUP $MAINPID"
+    assert value(unit, "Service", "ExecReload") == "/opt/focoos-edge/venv/bin/focoos-edge reload --pid $MAINPID"
+    assert value(unit, "Service", "RuntimeDirectory") == "focoos-edge"
     start = value(unit, "Service", "ExecStart").split()
     pre = value(unit, "Service", "ExecStartPre").split()
     assert start[:2] == [VENV_EXE, "run"] and pre[:2] == [VENV_EXE, "check-config"]

@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from focoos_edge.common.ospackages import package_for
+
+# Names this distribution's package (libturbojpeg0 on Debian, libturbojpeg on Ubuntu/JetPack).
 TURBOJPEG_HINT = (
-    "libturbojpeg was not found: install it with 'apt-get install libturbojpeg0' "
-    "(Debian, Raspberry Pi OS, Ubuntu/JetPack), or set TURBOJPEG to the library's path"
+    f"libturbojpeg was not found: install it with 'apt-get install {package_for('turbojpeg')}', "
+    "or set TURBOJPEG to the library's path"
 )
 
 

@@ -50,11 +50,42 @@ def resolve_path(path: Path, info: ValidationInfo) -> Path:
     return path if path.is_absolute() or base is None else Path(base) / path
 
 
+def _credential_dirs(info: ValidationInfo) -> list[Path]:
+    """Where a relative secret is looked up before the config's folder: systemd's
+    $CREDENTIALS_DIRECTORY under the unit; elsewhere (``check-config`` run by hand) the folder the
+    unit's LoadCredential= reads, ``credentials/`` beside the config (install.sh's layout)."""
+    credentials, base = _context(info, "credentials_dir"), _context(info, "base_dir")
+    if credentials:
+        return [Path(credentials)]
+    return [Path(base) / "credentials"] if base is not None else []
+
+
+def _is_file(path: Path) -> bool:
+    """``Path.is_file`` that says False, not PermissionError, inside a folder we may not enter (a
+    non-root ``check-config`` and the root-only credentials folder)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 def _locate_file(path: Path, info: ValidationInfo) -> Path:
-    credentials = _context(info, "credentials_dir")
-    if credentials and not path.is_absolute() and (Path(credentials) / path).is_file():
-        return Path(credentials) / path
+    if not path.is_absolute():
+        for folder in _credential_dirs(info):
+            if _is_file(folder / path):
+                return folder / path
     return resolve_path(path, info)
+
+
+def _unreadable_hint(path: Path, info: ValidationInfo) -> str:
+    """Why a relative secret was not found in the install layout's credentials folder, and what to run."""
+    folders = [] if path.is_absolute() or _context(info, "credentials_dir") else _credential_dirs(info)
+    for folder in folders:
+        if folder.is_dir() and not os.access(folder, os.R_OK | os.X_OK):
+            return f"; {folder} is readable by root only, run check-config with sudo"
+        if folder.is_dir():
+            return f", nor {folder / path}; write it with: sudo install -m 0600 /dev/stdin {folder / path}"
+    return ""
 
 
 def existing_file(path: Path, info: ValidationInfo) -> Path:
@@ -83,7 +114,9 @@ def read_secret_file(value: Any, info: ValidationInfo) -> SecretFile:
     try:
         secret = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
-        raise ValueError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+        # "(reason)", not ": reason": the redactor takes "...api_key: No" for a key: value pair.
+        hint = _unreadable_hint(Path(value), info)
+        raise ValueError(f"cannot read {path} ({exc.strerror or type(exc).__name__}){hint}") from None
     except UnicodeDecodeError:
         raise ValueError(f"cannot read {path}: not UTF-8 text") from None
     if not secret:

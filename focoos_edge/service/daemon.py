@@ -26,6 +26,7 @@ from focoos_edge.results import Results
 from focoos_edge.service.control import DetectControl
 from focoos_edge.service.logs import set_level
 from focoos_edge.service.metrics import MetricsServer
+from focoos_edge.service.reloadctl import ReloadAnswers
 from focoos_edge.service.statedir import StateDirLock
 from focoos_edge.service.stats import CpuMeter, accounting, percentile, rss_bytes
 from focoos_edge.service.systemd import Notifier
@@ -86,6 +87,7 @@ class Daemon:
         self._on_secrets = on_secrets or (lambda secrets: None)
         self.topics = Topics(config.mqtt.topic_prefix, config.device_id)
         self.started_mono = time.monotonic()
+        self.loop_turned = self.started_mono  # the main loop's last turn (/healthz)
         sp = config.spool
         self.state_lock = StateDirLock(config.state_dir)  # before the spool: one daemon per state_dir
         self.spool = Spool(config.state_dir / "spool.db", int(sp.max_bytes), sp.max_age_s,
@@ -117,6 +119,7 @@ class Daemon:
         self.workers: dict[str, CameraWorker] = {}
         self.metrics: MetricsServer | None = None
         self.reloads = 0
+        self.reload_answers = ReloadAnswers()  # `focoos-edge reload` (ExecReload) waits on these
         self.retired_sampled: Counter = Counter()  # frames sampled by workers stopped on reload
         self.cpu = CpuMeter()
         self.notifier = Notifier()
@@ -160,7 +163,9 @@ class Daemon:
         """Stats every `stats_interval_s`, watchdog pings, reload requests; wakes every second."""
         if self.reload_requested.is_set():
             self.reload_requested.clear()
-            self.reload()
+            self.reload_answers.answer(self.reload())
+        # After a reload (it may join camera threads for seconds), so it never counts as a stall.
+        self.loop_turned = time.monotonic()
         if self.notifier.watchdog_interval_s:
             self._feed_watchdog()
         self.features.tick()
@@ -226,7 +231,8 @@ class Daemon:
             return None
         meter = CpuMeter()  # its own: scrapes must not shorten the stats topic's CPU window
         try:
-            server = MetricsServer(m.host, m.port, lambda: self.stats(cpu=meter)).start()
+            server = MetricsServer(m.host, m.port, lambda: self.stats(cpu=meter),
+                                   lambda: stalled(self.heartbeats())).start()
         except OSError as exc:
             log.error("metrics: cannot listen on %s:%d: %s; continuing without", m.host, m.port, exc)
             return None
@@ -301,6 +307,8 @@ class Daemon:
         inf = self.config.inference
         beats["uplink"] = (now - self.uplink.last_progress, inf.timeout_s * 3 + 15.0, self.uplink.alive())
         beats["mqtt outbox"] = (now - self.publisher.last_progress, 15.0, self.publisher.alive())
+        # This loop feeds the watchdog itself; /healthz (another thread) needs to see it turn too.
+        beats["main loop"] = (now - self.loop_turned, 15.0, True)
         return beats
 
     def _feed_watchdog(self) -> None:

@@ -50,7 +50,7 @@ class RateLimitFilter(logging.Filter):
 
 def _journal_handler() -> logging.Handler | None:
     """A journald handler when stderr goes to the journal and systemd-python is installed."""
-    if not os.environ.get("JOURNAL_STREAM"):
+    if not stderr_is_journal():
         return None
     try:
         # By name: the repo's systemd/ folder (the unit file) would shadow the module for type checkers.
@@ -86,6 +86,27 @@ def _priority(levelno: int) -> int:
     return 7
 
 
+def stderr_is_journal(environ=None, stderr=None) -> bool:
+    """True when stderr is the journald stream systemd connected (JOURNAL_STREAM is its
+    "device:inode"): a child whose stderr was redirected elsewhere inherits the variable, not the stream."""
+    stream = (os.environ if environ is None else environ).get("JOURNAL_STREAM", "")
+    try:
+        info = os.fstat((sys.stderr if stderr is None else stderr).fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return stream == f"{info.st_dev}:{info.st_ino}"
+
+
+class JournalPrefixFormatter(logging.Formatter):
+    """Prefixes every line with the syslog priority ("<4>" for a warning), which journald strips and
+    stores as PRIORITY, so `journalctl -p warning` works without python3-systemd. A traceback's
+    later lines carry the same prefix: journald reads the prefix per line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = f"<{_priority(record.levelno)}>"
+        return "\n".join(prefix + line for line in super().format(record).splitlines())
+
+
 def setup_logging(level: str = "info", secrets: Iterable[str] = (), rate_limit_s: float = 60.0) -> RedactingFilter:
     """Configure the root logger; returns the redacting filter so more secrets can be added."""
     redactor = RedactingFilter(secrets)
@@ -94,10 +115,12 @@ def setup_logging(level: str = "info", secrets: Iterable[str] = (), rate_limit_s
         handler.setFormatter(logging.Formatter("%(message)s"))
     else:
         handler = logging.StreamHandler(sys.stderr)
-        # journald stamps every line itself; elsewhere a timestamp is needed.
-        fmt = "%(levelname)s %(name)s: %(message)s" if os.environ.get("JOURNAL_STREAM") else \
-            "%(asctime)s %(levelname)s %(name)s: %(message)s"
-        handler.setFormatter(logging.Formatter(fmt))
+        # journald stamps every line itself and reads its priority from a "<N>" prefix (sd-daemon(3));
+        # elsewhere a timestamp is needed and a prefix would be noise.
+        if stderr_is_journal():
+            handler.setFormatter(JournalPrefixFormatter("%(levelname)s %(name)s: %(message)s"))
+        else:
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(RateLimitFilter(rate_limit_s))
     handler.addFilter(redactor)  # last: it sees the final message, suppression notes included
     root = logging.getLogger()

@@ -174,10 +174,12 @@ class MetricsServer:
     ``port`` 0 picks a free port; :attr:`port` tells which once started.
     """
 
-    def __init__(self, host: str, port: int, get_stats: Callable[[], Mapping]):
+    def __init__(self, host: str, port: int, get_stats: Callable[[], Mapping],
+                 get_stuck: Callable[[], list[str]] = list):
         self.host = host
         self._requested_port = port
         self._get_stats = get_stats
+        self._get_stuck = get_stuck
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -188,7 +190,8 @@ class MetricsServer:
 
     def start(self) -> MetricsServer:
         """Bind (OSError if the address is taken) and serve in a daemon thread."""
-        handler = type("MetricsHandler", (_Handler,), {"get_stats": staticmethod(self._get_stats)})
+        handler = type("MetricsHandler", (_Handler,), {"get_stats": staticmethod(self._get_stats),
+                                                       "get_stuck": staticmethod(self._get_stuck)})
         self._httpd = ThreadingHTTPServer((self.host, self._requested_port), handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.5},
@@ -210,9 +213,13 @@ class MetricsServer:
 
 class _Handler(BaseHTTPRequestHandler):
     get_stats: Callable[[], Mapping]
+    get_stuck: Callable[[], list[str]]
     timeout = 10  # seconds a client may take to send its request: a stuck scraper holds no thread long
 
     def do_GET(self) -> None:
+        if self.path.split("?", 1)[0] == "/healthz":
+            self._healthz()
+            return
         if self.path.split("?", 1)[0] != "/metrics":
             self._reply(404, b"not found: the metrics are at /metrics\n")
             return
@@ -223,6 +230,15 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(500, b"internal error\n")
             return
         self._reply(200, body, CONTENT_TYPE)
+
+    def _healthz(self) -> None:
+        """The daemon's own liveness, what the systemd watchdog is fed on (a container HEALTHCHECK):
+        200 "ok", or 503 naming the parts whose loops stopped turning."""
+        stuck = self.get_stuck()
+        if stuck:
+            self._reply(503, ("stuck: " + ", ".join(stuck) + "\n").encode())
+        else:
+            self._reply(200, b"ok\n")
 
     def _method_not_allowed(self) -> None:
         self.send_response(405)
