@@ -49,8 +49,7 @@ def log_thread_crashes() -> None:
 
 def _load(path: str):
     """Load the config or print its errors; returns (config, exit code)."""
-    from focoos_edge.config.load import ConfigError
-    from focoos_edge.config.models import load_config
+    from focoos_edge.config import ConfigError, load_config
 
     try:
         return load_config(path), EX_OK
@@ -65,11 +64,9 @@ def cmd_run(args) -> int:
     config, rc = _load(args.config)
     if config is None:
         return rc
-    from focoos_edge.capture.turbo import EncoderUnavailableError
-    from focoos_edge.delivery.spool import SpoolError
-    from focoos_edge.service.daemon import Daemon
-    from focoos_edge.service.logs import setup_logging
-    from focoos_edge.service.statedir import StateDirError
+    from focoos_edge.capture import EncoderUnavailableError
+    from focoos_edge.delivery import SpoolError
+    from focoos_edge.service import Daemon, StateDirError, setup_logging
 
     redactor = setup_logging(args.log_level or config.log_level, config.secrets())
     log_thread_crashes()
@@ -114,7 +111,7 @@ def cmd_check_config(args) -> int:
 
 
 def cmd_schema(args) -> int:
-    from focoos_edge.config.models import config_json_schema
+    from focoos_edge.config import config_json_schema
 
     print(json.dumps(config_json_schema(), indent=2))
     return EX_OK
@@ -137,7 +134,7 @@ def cmd_probe(args) -> int:
     config, rc = _load(args.config)
     if config is None:
         return rc
-    from focoos_edge.service.logs import setup_logging
+    from focoos_edge.service import setup_logging
     from focoos_edge.tools.probe import run_probe
 
     setup_logging("warning", config.secrets())
@@ -145,7 +142,7 @@ def cmd_probe(args) -> int:
 
 
 def cmd_local_server(args) -> int:
-    from focoos_edge.service.logs import setup_logging
+    from focoos_edge.service import setup_logging
     from focoos_edge.tools import localserver
 
     setup_logging(args.log_level or "info", [k for k in [args.api_key] if k])
@@ -155,7 +152,7 @@ def cmd_local_server(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from focoos_edge.service.logs import setup_logging
+    from focoos_edge.service import setup_logging
     from focoos_edge.tools.demo import run_demo
 
     setup_logging(args.log_level or "warning")
@@ -165,7 +162,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_reload(args) -> int:
-    from focoos_edge.service.reloadctl import request_reload
+    from focoos_edge.service import request_reload
 
     try:
         return request_reload(args.pid, args.timeout)

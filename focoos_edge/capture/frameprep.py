@@ -123,11 +123,3 @@ class FramePrep:
         region, extra = resize_to_max_side(image[y1:y2, x1:x2], max_side)
         return Prepared(region, frame.scale * extra, x1 / frame.scale, y1 / frame.scale)
 
-
-def visible_fraction(privacy_masks: Sequence[Polygon], crop: Crop | None, grid: int = 256) -> float:
-    """The share of the crop (or whole frame) left unmasked, on a ``grid`` x ``grid`` raster."""
-    canvas = np.full((grid, grid), 255, np.uint8)
-    fill_black(canvas, pixel_polygons(privacy_masks, grid, grid))
-    x1, y1, x2, y2 = crop_box(crop or (0.0, 0.0, 1.0, 1.0), grid, grid)
-    region = canvas[y1:y2, x1:x2]
-    return float(np.count_nonzero(region)) / region.size

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from focoos_edge.common.ospackages import package_for
+from focoos_edge.common import package_for
 
 # Names this distribution's package (libturbojpeg0 on Debian, libturbojpeg on Ubuntu/JetPack).
 TURBOJPEG_HINT = (

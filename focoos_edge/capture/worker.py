@@ -28,9 +28,8 @@ from focoos_edge.capture.keyframes import KeyframeOpenError, KeyframeUnavailable
 from focoos_edge.capture.mjpeg import MjpegCapture, wrap_usb_capture
 from focoos_edge.capture.motion import InferenceBudget, SceneGate
 from focoos_edge.capture.source import FrameSource, OpenCvSource, ScaledFrame
-from focoos_edge.common.backoff import Backoff
-from focoos_edge.common.loop import Loop
-from focoos_edge.config.sources import Source
+from focoos_edge.common import Backoff, Loop
+from focoos_edge.config import Source
 
 log = logging.getLogger(__name__)
 

@@ -1,2 +1,39 @@
 """Small parts every stage uses: backoff delays, secret redaction, sliding-window rates. No I/O,
 no imports from the other packages."""
+
+from focoos_edge.common.atomic import (
+    write_json,
+)
+from focoos_edge.common.backoff import (
+    Backoff,
+)
+from focoos_edge.common.geometry import (
+    Box,
+    area,
+    contains,
+    iou,
+    self_intersection,
+    visible_share,
+)
+from focoos_edge.common.loop import (
+    Loop,
+)
+from focoos_edge.common.ospackages import (
+    package_for,
+)
+from focoos_edge.common.rates import (
+    HourlyRate,
+)
+from focoos_edge.common.redact import (
+    MASK,
+    RedactingFilter,
+    redact_text,
+    redact_url,
+    url_secrets,
+)
+
+__all__ = [
+    "Backoff", "Box", "HourlyRate", "Loop", "MASK", "RedactingFilter", "area", "contains", "iou",
+    "package_for", "redact_text", "redact_url", "self_intersection", "url_secrets", "visible_share",
+    "write_json",
+]

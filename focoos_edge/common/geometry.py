@@ -69,3 +69,13 @@ def iou(a: Box, b: Box) -> float:
     inter = w * h
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / union if union > 0 else 0.0
+
+
+def visible_share(polygons: Sequence[Sequence[Point]], region: Box = (0.0, 0.0, 1.0, 1.0), grid: int = 128) -> float:
+    """The share of `region` that no polygon covers, sampled at the centres of a `grid` x `grid`
+    raster of the region (normalized coordinates). Pure Python: the config check needs no OpenCV."""
+    x1, y1, x2, y2 = region
+    centres = [(x1 + (x2 - x1) * (i + 0.5) / grid, y1 + (y2 - y1) * (j + 0.5) / grid)
+               for j in range(grid) for i in range(grid)]
+    free = [p for p in centres if not any(contains(poly, p) for poly in polygons)]
+    return len(free) / len(centres)

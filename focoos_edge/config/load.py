@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ValidationError, ValidationInfo
 from pydantic_core import ErrorDetails, PydanticCustomError
 
-from focoos_edge.common.redact import redact_text, url_secrets
+from focoos_edge.common import redact_text, url_secrets
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -37,8 +37,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from focoos_edge.capture.frameprep import visible_fraction
-from focoos_edge.common.redact import MASK, redact_url, url_secrets
+from focoos_edge.common import MASK, redact_url, url_secrets, visible_share
 from focoos_edge.config.load import (
     SecretFile,
     existing_file,
@@ -373,7 +372,7 @@ class CameraConfig(_Model):
             x1, y1, x2, y2 = self.crop
             if not (x1 < x2 and y1 < y2):
                 raise located_error(("crop",), "crop_empty", "must be [x1, y1, x2, y2] with x1 < x2 and y1 < y2")
-        if self.privacy_masks and visible_fraction(self.privacy_masks, self.crop) == 0.0:
+        if self.privacy_masks and visible_share(self.privacy_masks, self.crop or (0.0, 0.0, 1.0, 1.0)) == 0.0:
             where = "the crop" if self.crop is not None else "the frame"
             raise located_error(("privacy_masks",), "masked_out", f"the masks cover all of {where}: nothing "
                                                                   "would be left to upload")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from focoos_edge.common.geometry import area, self_intersection
+from focoos_edge.common import area, self_intersection
 from focoos_edge.config.load import located_error
 
 Unit = Annotated[float, Field(ge=0, le=1)]

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-from focoos_edge.common.redact import redact_url
+from focoos_edge.common import redact_url
 
 KINDS = ("rtsp", "http", "usb", "file")
 

@@ -1,3 +1,38 @@
 """Durable storage and delivery: the SQLite spool (frames waiting for inference, results waiting for
 the broker), the MQTT publisher that deletes an outbox row only on its PUBACK, topics, payloads and
 their JSON Schemas."""
+
+from focoos_edge.delivery.contract import (
+    count_topic,
+    label_level,
+    snapshot_topic,
+)
+from focoos_edge.delivery.messages import (
+    PAYLOAD_VERSION,
+    Topics,
+    camera_state_payload,
+    detection_dict,
+    detections_payload,
+    dumps,
+    inference_state_payload,
+    iso_utc,
+    iso_utc_ns,
+    keeps,
+)
+from focoos_edge.delivery.publisher import (
+    MqttSettings,
+    Publisher,
+    check_broker,
+    subscribe,
+)
+from focoos_edge.delivery.spool import (
+    Spool,
+    SpooledFrame,
+    SpoolError,
+)
+
+__all__ = [
+    "MqttSettings", "PAYLOAD_VERSION", "Publisher", "Spool", "SpoolError", "SpooledFrame", "Topics",
+    "camera_state_payload", "check_broker", "count_topic", "detection_dict", "detections_payload", "dumps",
+    "inference_state_payload", "iso_utc", "iso_utc_ns", "keeps", "label_level", "snapshot_topic", "subscribe",
+]

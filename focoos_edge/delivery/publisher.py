@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
 
-from focoos_edge.common.loop import Loop
+from focoos_edge.common import Loop
 from focoos_edge.delivery.messages import Topics, dumps
 from focoos_edge.delivery.spool import Spool, SpoolError
 

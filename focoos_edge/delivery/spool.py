@@ -31,7 +31,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from focoos_edge.capture.encode import FrameJob
+from focoos_edge.capture import FrameJob
 from focoos_edge.delivery.spool_files import DB_SUFFIXES, Budget, ReserveFile, connect, quarantine
 
 log = logging.getLogger(__name__)

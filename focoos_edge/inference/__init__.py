@@ -1,2 +1,38 @@
 """Stage 2, inference: the Focoos HUB client (typed errors, tolerant parsing) and the uplink workers
 that send live frames first, spill the rest to the spool, and replay it when the API is back."""
+
+from focoos_edge.inference.client import (
+    FocoosClient,
+)
+from focoos_edge.inference.errors import (
+    AuthError,
+    FocoosError,
+    ModelNotFoundError,
+)
+from focoos_edge.inference.geometry import (
+    scale_detections,
+)
+from focoos_edge.inference.masks import (
+    trace_masks,
+)
+from focoos_edge.inference.parse import (
+    Detection,
+    InferenceResult,
+    ModelInfo,
+)
+from focoos_edge.inference.quota import (
+    QuotaWatch,
+)
+from focoos_edge.inference.uplink import (
+    CameraRoute,
+    Delivery,
+    InferenceHealth,
+    LiveQueue,
+    Uplink,
+)
+
+__all__ = [
+    "AuthError", "CameraRoute", "Delivery", "Detection", "FocoosClient", "FocoosError", "InferenceHealth",
+    "InferenceResult", "LiveQueue", "ModelInfo", "ModelNotFoundError", "QuotaWatch", "Uplink",
+    "scale_detections", "trace_masks",
+]

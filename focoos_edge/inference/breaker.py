@@ -6,7 +6,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from focoos_edge.common.backoff import Backoff
+from focoos_edge.common import Backoff
 
 BREAKER_MAX_S = 4.0
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from focoos_edge.delivery.messages import iso_utc
+from focoos_edge.delivery import iso_utc
 from focoos_edge.inference.errors import AuthError, FocoosError, MalformedResponseError, RateLimitedError
 
 log = logging.getLogger(__name__)

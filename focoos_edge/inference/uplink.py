@@ -16,11 +16,9 @@ from collections import Counter, defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from focoos_edge.capture.encode import FrameJob
-from focoos_edge.common.backoff import Backoff
-from focoos_edge.common.loop import Loop
-from focoos_edge.common.rates import HourlyRate
-from focoos_edge.delivery.spool import Spool, SpooledFrame, SpoolError
+from focoos_edge.capture import FrameJob
+from focoos_edge.common import Backoff, HourlyRate, Loop
+from focoos_edge.delivery import Spool, SpooledFrame, SpoolError
 from focoos_edge.inference.breaker import CircuitBreaker
 from focoos_edge.inference.client import FocoosClient
 from focoos_edge.inference.errors import (

@@ -2,6 +2,10 @@
 original frame, filtered, given its zones, tracked into events and turned into the payloads that
 delivery publishes. The daemon only wires it: ``Uplink(..., on_result=results.handle)``."""
 
-from focoos_edge.results.stage import Results
+from focoos_edge.results.stage import (
+    Results,
+)
 
-__all__ = ["Results"]
+__all__ = [
+    "Results",
+]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-from focoos_edge.config.models import CameraConfig, Config
+from focoos_edge.config import CameraConfig, Config
 from focoos_edge.results.reorder import ReorderBuffer
 from focoos_edge.results.track import NS, EventMessage, Tracker
 from focoos_edge.results.zones import Occupancy

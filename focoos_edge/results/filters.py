@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from focoos_edge.config.results import FilterConfig
-from focoos_edge.inference.parse import Detection
+from focoos_edge.config import FilterConfig
+from focoos_edge.inference import Detection
 
 ANY_LABEL = "*"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from focoos_edge.delivery.messages import PAYLOAD_VERSION, detection_dict, iso_utc_ns
-from focoos_edge.inference.parse import Detection
+from focoos_edge.delivery import PAYLOAD_VERSION, detection_dict, iso_utc_ns
+from focoos_edge.inference import Detection
 from focoos_edge.results.track import EventMessage
 
 

@@ -15,22 +15,17 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from focoos_edge.capture.encode import FrameJob
-from focoos_edge.config.models import CameraConfig, Config
-from focoos_edge.delivery.messages import Topics, detections_payload, keeps
-from focoos_edge.delivery.publisher import Publisher
-from focoos_edge.delivery.spool import Spool, SpoolError
-from focoos_edge.inference.geometry import scale_detections
-from focoos_edge.inference.masks import trace_masks
-from focoos_edge.inference.parse import Detection, InferenceResult
-from focoos_edge.inference.uplink import Delivery
+from focoos_edge.capture import FrameJob
+from focoos_edge.config import CameraConfig, Config
+from focoos_edge.delivery import Publisher, Spool, SpoolError, Topics, detections_payload, keeps
+from focoos_edge.inference import Delivery, Detection, InferenceResult, scale_detections, trace_masks
 from focoos_edge.results.camera import CameraResults
 from focoos_edge.results.filters import apply_filters
 from focoos_edge.results.payloads import detection_entry, ended, event_payload
 from focoos_edge.results.store import OpenEventStore
 from focoos_edge.results.track import EventMessage, Seen, Tracker
 from focoos_edge.results.zones import zones_of
-from focoos_edge.subscribers.features import SubscriberFeatures
+from focoos_edge.subscribers import SubscriberFeatures
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import logging
 import threading
 from pathlib import Path
 
-from focoos_edge.common.atomic import write_json
+from focoos_edge.common import write_json
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import count
 
-from focoos_edge.common.geometry import Box, iou
-from focoos_edge.config.results import EventsConfig
+from focoos_edge.common import Box, iou
+from focoos_edge.config import EventsConfig
 
 NS = 1_000_000_000
 UPDATE_EVERY_NS = NS  # at most one `update` a second per event

@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 
-from focoos_edge.common.geometry import contains
-from focoos_edge.config.results import ZoneConfig
-from focoos_edge.delivery.contract import label_level
-from focoos_edge.inference.parse import Detection
+from focoos_edge.common import contains
+from focoos_edge.config import ZoneConfig
+from focoos_edge.delivery import label_level
+from focoos_edge.inference import Detection
 
 
 def anchor(bbox: Sequence[float], width: int, height: int) -> tuple[float, float]:

@@ -17,9 +17,8 @@ from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
 
-from focoos_edge.common.atomic import write_json
-from focoos_edge.delivery.messages import Topics
-from focoos_edge.delivery.publisher import Publisher
+from focoos_edge.common import write_json
+from focoos_edge.delivery import Publisher, Topics
 
 log = logging.getLogger(__name__)
 

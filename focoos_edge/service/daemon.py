@@ -8,20 +8,20 @@ import time
 from collections import Counter
 
 from focoos_edge import __version__
-from focoos_edge.capture.encode import JpegEncoder
-from focoos_edge.capture.frameprep import ModelImSize
-from focoos_edge.capture.worker import CameraWorker, CaptureSettings
-from focoos_edge.common.loop import Loop
-from focoos_edge.config.classcheck import class_warnings, label_references
-from focoos_edge.config.load import ConfigError
-from focoos_edge.config.models import Config, load_config
-from focoos_edge.delivery.messages import Topics, camera_state_payload, inference_state_payload, iso_utc
-from focoos_edge.delivery.publisher import MqttSettings, Publisher
-from focoos_edge.delivery.spool import Spool, SpoolError
-from focoos_edge.inference.client import FocoosClient
-from focoos_edge.inference.parse import ModelInfo
-from focoos_edge.inference.quota import QuotaWatch
-from focoos_edge.inference.uplink import CameraRoute, InferenceHealth, LiveQueue, Uplink
+from focoos_edge.capture import CameraWorker, CaptureSettings, JpegEncoder, ModelImSize
+from focoos_edge.common import Loop
+from focoos_edge.config import Config, ConfigError, class_warnings, label_references, load_config
+from focoos_edge.delivery import (
+    MqttSettings,
+    Publisher,
+    Spool,
+    SpoolError,
+    Topics,
+    camera_state_payload,
+    inference_state_payload,
+    iso_utc,
+)
+from focoos_edge.inference import CameraRoute, FocoosClient, InferenceHealth, LiveQueue, ModelInfo, QuotaWatch, Uplink
 from focoos_edge.results import Results
 from focoos_edge.service.control import DetectControl
 from focoos_edge.service.logs import set_level
@@ -30,7 +30,7 @@ from focoos_edge.service.reloadctl import ReloadAnswers
 from focoos_edge.service.statedir import StateDirLock
 from focoos_edge.service.stats import CpuMeter, accounting, percentile, rss_bytes
 from focoos_edge.service.systemd import Notifier
-from focoos_edge.subscribers.features import SubscriberFeatures
+from focoos_edge.subscribers import SubscriberFeatures
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Iterable
 
-from focoos_edge.common.redact import RedactingFilter
+from focoos_edge.common import RedactingFilter
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 # Record attributes passed to journald as fields (`log.info(..., extra={"camera": name})`).

@@ -11,7 +11,7 @@ import logging
 from collections import Counter
 from collections.abc import Iterable
 
-from focoos_edge.delivery.contract import count_topic
+from focoos_edge.delivery import count_topic
 
 log = logging.getLogger(__name__)
 

@@ -11,12 +11,10 @@ import time
 from collections.abc import Sequence
 
 from focoos_edge import __version__
-from focoos_edge.capture.encode import FrameJob
-from focoos_edge.config.models import CameraConfig, Config
-from focoos_edge.delivery.contract import snapshot_topic
-from focoos_edge.delivery.messages import Topics, dumps
-from focoos_edge.delivery.publisher import Publisher
-from focoos_edge.inference.parse import Detection
+from focoos_edge.capture import FrameJob
+from focoos_edge.config import CameraConfig, Config
+from focoos_edge.delivery import Publisher, Topics, dumps, snapshot_topic
+from focoos_edge.inference import Detection
 from focoos_edge.subscribers.annotate import SnapshotError, SnapshotGate, render_snapshot
 from focoos_edge.subscribers.counts import CountTracker
 from focoos_edge.subscribers.homeassistant import (

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from focoos_edge.delivery.contract import count_topic, label_level, snapshot_topic
+from focoos_edge.delivery import count_topic, label_level, snapshot_topic
 
 DEFAULT_DISCOVERY_PREFIX = "homeassistant"
 ORIGIN_NAME = "focoos-edge"

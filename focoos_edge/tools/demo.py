@@ -23,9 +23,9 @@ from datetime import datetime
 import cv2
 import numpy as np
 
-from focoos_edge.config.models import load_config
-from focoos_edge.delivery.publisher import subscribe
-from focoos_edge.service.daemon import Daemon, mqtt_settings
+from focoos_edge.config import load_config
+from focoos_edge.delivery import subscribe
+from focoos_edge.service import Daemon, mqtt_settings
 from focoos_edge.tools.aruco import draw_markers
 from focoos_edge.tools.localserver import LocalServer
 

@@ -11,16 +11,21 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
-from focoos_edge.capture.encode import JpegEncoder, resize_to_max_side
-from focoos_edge.capture.frameprep import DEFAULT_IM_SIZE, FramePrep, ModelImSize
-from focoos_edge.capture.source import ScaledFrame
-from focoos_edge.capture.turbo import EncoderUnavailableError
-from focoos_edge.capture.worker import CaptureOpenError, open_capture
-from focoos_edge.config.models import Config
-from focoos_edge.delivery.publisher import check_broker
-from focoos_edge.inference.client import FocoosClient
-from focoos_edge.inference.errors import AuthError, FocoosError, ModelNotFoundError
-from focoos_edge.service.daemon import capture_settings, mqtt_settings
+from focoos_edge.capture import (
+    DEFAULT_IM_SIZE,
+    CaptureOpenError,
+    EncoderUnavailableError,
+    FramePrep,
+    JpegEncoder,
+    ModelImSize,
+    ScaledFrame,
+    open_capture,
+    resize_to_max_side,
+)
+from focoos_edge.config import Config
+from focoos_edge.delivery import check_broker
+from focoos_edge.inference import AuthError, FocoosClient, FocoosError, ModelNotFoundError
+from focoos_edge.service import capture_settings, mqtt_settings
 
 
 def fourcc_text(value: float) -> str:
