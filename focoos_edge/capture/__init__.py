@@ -1,6 +1,7 @@
-"""Stage 1, the cameras: one thread per camera grabs the freshest frame from an RTSP, USB or file
-source, samples it, resizes and JPEG-encodes it (TurboJPEG) into a FrameJob and hands it to the
-uplink."""
+"""Stage 1, the cameras: one thread per camera grabs the freshest frame from a FrameSource (OpenCV,
+PyAV keyframes or USB MJPEG), samples it, fills the privacy masks black, crops, resizes (to the
+model's im_size with `max_side: auto`) and JPEG-encodes it (TurboJPEG) into a FrameJob for the
+uplink's `submit`."""
 
 from focoos_edge.capture.encode import (
     FrameJob,

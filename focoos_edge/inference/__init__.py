@@ -1,5 +1,7 @@
-"""Stage 2, inference: the Focoos HUB client (typed errors, tolerant parsing) and the uplink workers
-that send live frames first, spill the rest to the spool, and replay it when the API is back."""
+"""Stage 2, inference: the Focoos HUB client (typed errors, a whole-request deadline, tolerant parsing
+clamped to what the payloads allow) and the uplink (`submit`: live queue, spill to the spool,
+workers, circuit breaker, model readiness and quota), which hands each result to the results stage.
+Masks and keypoints are traced and mapped back to original-frame pixels here (geometry, masks)."""
 
 from focoos_edge.inference.client import (
     FocoosClient,

@@ -1,5 +1,6 @@
-"""The daemon as a service: wiring and lifecycle of the stages, stats, systemd (sd_notify, watchdog),
-logging with redaction, the Prometheus endpoint."""
+"""The daemon as a service: wiring and lifecycle of the stages (it only wires), the state_dir lock,
+the detect on/off control topics, stats, reload with an answer for systemd, sd_notify and the
+watchdog, logging with redaction and journald priorities, the Prometheus and /healthz endpoint."""
 
 from focoos_edge.service.daemon import (
     Daemon,

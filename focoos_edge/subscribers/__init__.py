@@ -1,5 +1,5 @@
-"""What subscribers consume besides the detections: retained counts, annotated snapshots, Home
-Assistant discovery."""
+"""What subscribers consume besides detections and events: retained counts, annotated snapshots
+(masks and keypoints drawn), Home Assistant discovery (one device per camera)."""
 
 from focoos_edge.subscribers.features import (
     SubscriberFeatures,
