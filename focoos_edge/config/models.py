@@ -9,122 +9,42 @@ substitution, ``*_file`` secrets, error lines) is :mod:`focoos_edge.config.load`
 
 from __future__ import annotations
 
-import importlib.util
-import ipaddress
 import os
-import re
-import socket
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
-    AfterValidator,
-    BaseModel,
     ByteSize,
-    ConfigDict,
     Field,
-    PlainSerializer,
-    PlainValidator,
-    SecretStr,
-    StringConstraints,
-    ValidationInfo,
-    WithJsonSchema,
-    field_serializer,
     field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
-from focoos_edge.common import MASK, redact_url, url_secrets, visible_share
+from focoos_edge.common import url_secrets
+from focoos_edge.config.camera import CameraConfig
 from focoos_edge.config.load import (
-    SecretFile,
-    existing_file,
     load_model,
     located_error,
-    read_secret_file,
-    resolve_path,
 )
-from focoos_edge.config.results import ZONE_NAME, EventsConfig, EventsOverride, FilterConfig, ZoneConfig
-from focoos_edge.config.sources import Source, parse_source
-
-MIB = 1024 * 1024
-
-
-def _at_least_1mib(size: ByteSize) -> ByteSize:
-    # Not Field(ge=...): pydantic cannot express that in ByteSize's JSON schema.
-    if size < MIB:
-        raise ValueError(f"must be at least 1MiB ({MIB} bytes)")
-    return size
-
-
-def _not_blank(value: SecretStr) -> SecretStr:
-    if not value.get_secret_value().strip():
-        raise ValueError("must not be blank")
-    return value
-
-
-def _strip_secret(value: SecretStr) -> SecretStr:
-    return SecretStr(_not_blank(value).get_secret_value().strip())
-
-
-_MASKED = PlainSerializer(lambda _value: MASK, return_type=str, when_used="json")
-ApiKey = Annotated[SecretStr, AfterValidator(_strip_secret), _MASKED]
-Password = Annotated[SecretStr, AfterValidator(_not_blank), _MASKED]
-SecretFilePath = Annotated[
-    SecretFile,
-    PlainValidator(read_secret_file),
-    PlainSerializer(lambda secret: str(secret.path), return_type=str),
-    WithJsonSchema({"type": "string", "format": "path"}),
-]
-SpoolBytes = Annotated[ByteSize, AfterValidator(_at_least_1mib)]
-ConfigPath = Annotated[Path, AfterValidator(resolve_path)]
-ExistingFile = Annotated[Path, AfterValidator(existing_file)]
-NonEmpty = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
-def _max_side(value: Any) -> int | str:
-    if value == "auto":
-        return "auto"
-    if isinstance(value, int) and not isinstance(value, bool) and 64 <= value <= 4096:
-        return value
-    raise ValueError("must be 'auto' or a whole number of pixels from 64 to 4096")
-
-
-MaxSide = Annotated[int | str, PlainValidator(_max_side), WithJsonSchema(
-    {"anyOf": [{"const": "auto"}, {"type": "integer", "minimum": 64, "maximum": 4096}]})]
-Unit = Annotated[float, Field(ge=0, le=1)]
-PrivacyPolygon = Annotated[tuple[tuple[Unit, Unit], ...], Field(min_length=3)]
-TOPIC_PREFIX_PATTERN = r"^[^/+#\x00]+(/[^/+#\x00]+)*$"
-
-
-def _default_device_id() -> str:
-    return re.sub(r"[^a-z0-9_.-]", "-", socket.gethostname().lower()) or "edge"
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def topic_levels(prefix: str) -> str:
-    """Validate an MQTT topic prefix (the message says what is wrong, in words)."""
-    if not re.fullmatch(TOPIC_PREFIX_PATTERN, prefix):
-        raise ValueError(
-            "must be one or more topic levels separated by '/', without '+', '#', "
-            "empty levels or a leading/trailing '/'"
-        )
-    return prefix
-
-
-TopicPrefix = Annotated[str, AfterValidator(topic_levels)]
-
-
-class _Model(BaseModel):
-    # Frozen: threads share one Config. Forbid: a misspelt key is an error, not a silent default.
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+from focoos_edge.config.results import EventsConfig
+from focoos_edge.config.types import (
+    MIB,
+    TOPIC_PREFIX_PATTERN,
+    ApiKey,
+    ConfigPath,
+    ExistingFile,
+    NonEmpty,
+    Password,
+    SecretFilePath,
+    SpoolBytes,
+    TopicPrefix,
+    _default_device_id,
+    _is_loopback,
+    _Model,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Models
@@ -261,17 +181,6 @@ class SpoolConfig(_Model):
                           "(default: a quarter); frames are evicted before messages.")
 
 
-class SnapshotConfig(_Model):
-    """Annotated snapshots of a camera, published retained as JPEG on .../<camera>/snapshot."""
-
-    labels: tuple[NonEmpty, ...] | None = Field(
-        None, min_length=1, description="Labels that trigger a snapshot (default: any detection).")
-    height: int | None = Field(
-        None, ge=64, le=2160, description="Height of the snapshot (default: the uploaded frame's).")
-    quality: int = Field(70, ge=1, le=100, description="JPEG quality of the snapshot.")
-    min_interval_s: float = Field(2.0, ge=0, le=86400, description="At most one snapshot per this many seconds.")
-
-
 class HomeAssistantConfig(_Model):
     """Home Assistant MQTT discovery."""
 
@@ -292,105 +201,6 @@ class MetricsConfig(_Model):
     enabled: bool = Field(False, description="Serve /metrics.")
     host: NonEmpty = Field("127.0.0.1", description="Address to listen on (loopback by default).")
     port: int = Field(9808, ge=0, le=65535, description="Port to listen on.")
-
-
-class CameraConfig(_Model):
-    """One camera."""
-
-    name: str = Field(pattern=r"^[a-z0-9_-]+$", description="Unique name; an MQTT topic level.")
-    source: str = Field(
-        repr=False, description="rtsp(s)://..., http(s)://..., usb:N, /dev/videoN, file:///path or a path."
-    )
-    sample_fps: float = Field(2, gt=0, le=30, description="Frames sent to inference per second.")
-    max_side: MaxSide = Field(
-        "auto", description="Longest side of the uploaded JPEG; 'auto': the model's im_size (640 when the "
-                            "model does not say), since the server resizes every upload to it anyway.")
-    jpeg_quality: int = Field(80, ge=1, le=100, description="JPEG quality of uploads.")
-    threshold: float | None = Field(None, ge=0, le=1, description="Overrides inference.threshold.")
-    labels: tuple[NonEmpty, ...] | None = Field(None, min_length=1, description="Publish only these labels.")
-    thresholds: dict[NonEmpty, Annotated[float, Field(ge=0, le=1)]] | None = Field(
-        None, description="Per-label confidence thresholds, e.g. {person: 0.6, car: 0.4}; the request "
-                          "asks for the lowest, each label is filtered on the box.")
-    snapshot: SnapshotConfig | None = Field(None, description="Annotated snapshots (off by default).")
-    counts: bool = Field(True, description="Publish retained per-label counts on .../<camera>/<label>.")
-    loop: bool = Field(True, description="File sources restart at the end.")
-    open_timeout_s: float = Field(10, gt=0, le=300, description="Timeout to open the source.")
-    read_timeout_s: float = Field(10, gt=0, le=300, description="A source silent this long is reopened.")
-    decode: Literal["all", "keyframes"] = Field(
-        "all", description="'keyframes': decode only keyframes (needs the 'keyframes' extra, PyAV); far less "
-                           "CPU when sample_fps is at or below the stream's keyframe rate. Files and streams only.")
-    decode_threads: int = Field(
-        1, ge=0, le=16, description="FFmpeg decoder threads (0: OpenCV's choice, one per core). One is enough "
-                                    "up to 1080p and keeps frames fresher and memory lower (docs/performance.md).")
-    usb_mjpeg: bool = Field(False, description="USB cameras: ask for MJPEG and decode sampled frames scaled "
-                                                "down by TurboJPEG instead of decoding every frame in full.")
-    motion_threshold: float | None = Field(
-        None, gt=0, le=255, description="Skip frames whose scene did not change: mean absolute grey-level "
-                                        "difference to the last sent frame (e.g. 2.0); null: off.")
-    motion_heartbeat_s: float = Field(60, gt=0, le=86400, description="With motion_threshold: a static scene is still "
-                                                             "sent this often.")
-    max_inferences_per_hour: int | None = Field(
-        None, ge=1, description="Hourly inference budget of this camera; frames beyond it are skipped (counted).")
-    privacy_masks: tuple[PrivacyPolygon, ...] = Field(
-        (), description="Polygons of [x, y] points (normalized 0..1, x right, y down) filled black before "
-                        "encoding: never uploaded, never in a snapshot.")
-    crop: tuple[Unit, Unit, Unit, Unit] | None = Field(
-        None, description="Region of interest [x1, y1, x2, y2] (normalized): only it is uploaded; boxes "
-                          "still come back in original-frame pixels.")
-    masks: Literal["polygons", "none"] = Field(
-        "polygons", description="Segmentation masks in detection payloads: 'polygons' (traced outlines in "
-                                "original-frame pixels) or 'none'.")
-    # Results stage (focoos_edge/config/results.py).
-    zones: dict[Annotated[str, StringConstraints(pattern=ZONE_NAME)], ZoneConfig] = Field(
-        default_factory=dict, description="Named zones ([a-z0-9_-]+): polygons normalized to the frame.")
-    filters: dict[NonEmpty, FilterConfig] = Field(
-        default_factory=dict, description="Per label, or '*' for every label: detections outside are dropped.")
-    events: EventsOverride | None = Field(None, description="Overrides of the top-level events settings.")
-
-    @field_validator("source")
-    @classmethod
-    def _parse_source(cls, value: str, info: ValidationInfo) -> str:
-        source = parse_source(value)
-        if source.kind == "file" and not os.path.isabs(source.uri):
-            return str(resolve_path(Path(source.uri), info))
-        return value.strip()
-
-    @model_validator(mode="after")
-    def _decode_fits_source(self) -> CameraConfig:
-        if self.decode == "keyframes":
-            if self.parsed_source.kind == "usb":
-                raise located_error(("decode",), "decode_usb",
-                                    "'keyframes' is for files and network streams (use usb_mjpeg for USB cameras)")
-            if importlib.util.find_spec("av") is None:
-                raise located_error(("decode",), "decode_pyav",
-                                    "'keyframes' needs PyAV: pip install 'focoos-edge[keyframes]'")
-        return self
-
-    @model_validator(mode="after")
-    def _something_to_upload(self) -> CameraConfig:
-        if self.crop is not None:
-            x1, y1, x2, y2 = self.crop
-            if not (x1 < x2 and y1 < y2):
-                raise located_error(("crop",), "crop_empty", "must be [x1, y1, x2, y2] with x1 < x2 and y1 < y2")
-        if self.privacy_masks and visible_share(self.privacy_masks, self.crop or (0.0, 0.0, 1.0, 1.0)) == 0.0:
-            where = "the crop" if self.crop is not None else "the frame"
-            raise located_error(("privacy_masks",), "masked_out", f"the masks cover all of {where}: nothing "
-                                                                  "would be left to upload")
-        return self
-
-    @property
-    def fixed_max_side(self) -> int | None:
-        """The configured upload side, or None for 'auto' (the model's im_size)."""
-        return None if self.max_side == "auto" else int(self.max_side)
-
-    @field_serializer("source", when_used="json")
-    def _redact_source(self, value: str) -> str:
-        return redact_url(value)
-
-    @property
-    def parsed_source(self) -> Source:
-        """The parsed :class:`~focoos_edge.config.sources.Source` (kind, uri, device)."""
-        return parse_source(self.source)
 
 
 class Config(_Model):

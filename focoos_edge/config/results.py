@@ -5,18 +5,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from focoos_edge.common import area, self_intersection
 from focoos_edge.config.load import located_error
+from focoos_edge.config.types import Unit, _Model
 
-Unit = Annotated[float, Field(ge=0, le=1)]
 NormPoint = tuple[Unit, Unit]
 ZONE_NAME = r"^[a-z0-9_-]+$"
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class FilterConfig(_Model):
