@@ -19,16 +19,17 @@ from focoos_edge.delivery import (
     Topics,
     camera_state_payload,
     inference_state_payload,
-    iso_utc,
 )
 from focoos_edge.inference import CameraRoute, FocoosClient, InferenceHealth, LiveQueue, ModelInfo, QuotaWatch, Uplink
 from focoos_edge.results import Results
+from focoos_edge.service import report
 from focoos_edge.service.control import DetectControl
 from focoos_edge.service.logs import set_level
 from focoos_edge.service.metrics import MetricsServer
 from focoos_edge.service.reloadctl import ReloadAnswers
+from focoos_edge.service.report import frames_only
 from focoos_edge.service.statedir import StateDirLock
-from focoos_edge.service.stats import CpuMeter, accounting, percentile, rss_bytes
+from focoos_edge.service.stats import CpuMeter
 from focoos_edge.service.systemd import Notifier
 from focoos_edge.subscribers import SubscriberFeatures
 
@@ -67,12 +68,6 @@ def stalled(heartbeats: dict[str, tuple[float, float, bool]]) -> list[str]:
     """Names of the parts that are stuck: `heartbeats` maps a part to (seconds since its loop last
     turned, the most that is normal for it, whether its thread is alive)."""
     return [name for name, (age_s, limit_s, alive) in heartbeats.items() if not alive or age_s > limit_s]
-
-
-def frames_only(per_camera: dict) -> dict:
-    """Drop the outbox's event streams (`camera/events`): the accounting follows frames, one
-    detections message each."""
-    return {camera: v for camera, v in per_camera.items() if "/" not in camera}
 
 
 class Daemon:
@@ -354,95 +349,19 @@ class Daemon:
                          "max_side" if cam.fixed_max_side else f"auto: the model's im_size {info.im_size}"
                          if info.im_size else "auto: the model gives no im_size, the default")
 
-    # -- stats ------------------------------------------------------------------------
+    # -- stats (service/report.py reads them from the stages) ------------------------------
     def accounting(self) -> dict[str, dict[str, int]]:
         """Per camera: produced = delivered + pending + evicted + dead_lettered (exact when idle)."""
-        sampled = Counter(self.retired_sampled)
-        for name, w in self.workers.items():
-            sampled[name] += w.counters.sampled
-        waiting: Counter = Counter(self.uplink.in_flight_snapshot()) + Counter(self.results.held())
-        for camera, n in frames_only(self.spool.pending()).items():
-            waiting[camera] += n["frames"] + n["outbox"]
-        for camera in sampled:
-            waiting[camera] += self.queue.count(camera)
-        # dict() copies are taken in one step under the GIL: other threads may add cameras meanwhile.
-        return accounting(
-            sampled=sampled, recovered=self.recovered, delivered=frames_only(dict(self.publisher.delivered)),
-            waiting=waiting, evicted={k: n for k, n in dict(self.spool.evicted).items() if "/" not in k[0]},
-            dead_lettered=self._dead_lettered_total())
-
-    def _dead_lettered_total(self) -> Counter:
-        """Per camera: frames the uplink gave up on and results the results stage could not store."""
-        total: Counter = Counter()
-        for camera, counters in dict(self.uplink.counters).items():
-            total[camera] += sum(dict(counters.dead_lettered).values())
-        for camera, reasons in self.results.dead_lettered().items():
-            total[camera] += sum(reasons.values())
-        return total
-
-    def _camera_stats(self, camera: str, account: dict) -> dict:
-        w = self.workers.get(camera)
-        up = self.uplink.counters[camera]
-        evicted = {reason: n for (c, reason), n in dict(self.spool.evicted).items() if c == camera}
-        hour = up.last_hour.last_hour()
-        return {
-            "state": w.state if w else "removed", "fps": round(w.fps(), 2) if w else 0.0,
-            "grabbed": w.counters.grabbed if w else 0, "sampled": w.counters.sampled if w else 0,
-            "reconnects": w.counters.reconnects if w else 0,
-            "grab_failures": w.counters.grab_failures if w else 0,
-            "open_failures": w.counters.open_failures if w else 0,
-            "uploaded": up.uploaded, "bytes_uploaded": up.bytes_uploaded, "results": up.results,
-            "inferences_last_hour": hour[0], "bytes_uploaded_last_hour": hour[1],
-            "skipped_static": w.counters.skipped_static if w else 0,
-            "skipped_budget": w.counters.skipped_budget if w else 0,
-            "skipped_paused": w.counters.skipped_paused if w else 0, "detect": self.control.state(camera),
-            "spooled": up.spooled, "evicted_by_reason": evicted,
-            "errors": dict(Counter(up.errors) + Counter(self.results.errors(camera))),
-            "dead_lettered_by_reason": dict(Counter(up.dead_lettered)
-                                            + Counter(self.results.dead_lettered().get(camera, {}))),
-            "clamped_by_reason": {**up.clamped, **({"count_label_cap": n} if (n := self.features.labels_dropped(camera))
-                                                   else {})},
-            "inference_ms": {"p50": percentile(up.round_trips_ms, 0.5),
-                             "p95": percentile(up.round_trips_ms, 0.95)},
-            "events": self.results.stats(camera),
-            **account,
-        }
+        return report.camera_accounting(self)
 
     def stats(self, cpu: CpuMeter | None = None) -> dict:
-        """The stats message: per camera and process-wide figures (CPU since `cpu`'s last reading)."""
-        pc = self.publisher.counters
-        return {
-            "v": 1, "device_id": self.config.device_id, "at": iso_utc(time.time()),
-            "uptime_s": round(time.monotonic() - self.started_mono, 1),
-            "cpu_percent": (cpu or self.cpu).percent(), "rss_bytes": rss_bytes(),
-            "inference": {"state": self.health.state, "queue_depth": len(self.queue),
-                          "in_flight": self.uplink.busy},
-            "mqtt": {"connected": self.publisher.connected.is_set(), "sent": pc.sent, "acked": pc.acked,
-                     "resent": pc.resent, "dropped": pc.dropped_queue_full,
-                     "connects": pc.connects, "connect_failures": pc.connect_failures},
-            "spool": self.spool.stats(),
-            "cameras": {cam: self._camera_stats(cam, acc) for cam, acc in self.accounting().items()},
-            **({"thread_restarts": restarts} if (restarts := self.restarts()) else {}),
-            **self._quota_stats(),
-        }
-
-    def _quota_stats(self) -> dict:
-        """`quota` whenever the account endpoint answered (v1.1)."""
-        last = self.uplink.quota.last if self.uplink.quota else None
-        return {"quota": last.as_stats()} if last else {}
+        """The stats message (CPU since `cpu`'s last reading, default the daemon's own meter)."""
+        return report.stats(self, cpu)
 
     def status_line(self) -> str:
         """One short line for `systemctl status`."""
-        streaming = sum(w.state == "streaming" for w in self.workers.values())
-        delivered = sum(self.publisher.delivered.values())
-        return (f"{streaming}/{len(self.workers)} cameras streaming, inference {self.health.state}, "
-                f"{delivered} results delivered, backlog {len(self.queue)} live + "
-                f"{self.spool.stats()['frames']['count']} spooled, mqtt "
-                f"{'connected' if self.publisher.connected.is_set() else 'disconnected'}")
+        return report.status_line(self)
 
     def summary(self) -> str:
         """One line for people, per camera: the accounting identity's terms."""
-        return "; ".join(
-            f"{cam}: produced {a['produced']}, delivered {a['delivered']}, pending {a['pending']}, "
-            f"evicted {a['evicted']}, dead-lettered {a['dead_lettered']}"
-            for cam, a in self.accounting().items()) or "no cameras"
+        return report.summary(self)
