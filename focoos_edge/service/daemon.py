@@ -83,20 +83,11 @@ class Daemon:
         self.topics = Topics(config.mqtt.topic_prefix, config.device_id)
         self.started_mono = time.monotonic()
         self.loop_turned = self.started_mono  # the main loop's last turn (/healthz)
-        sp = config.spool
         self.state_lock = StateDirLock(config.state_dir)  # before the spool: one daemon per state_dir
-        self.spool = Spool(config.state_dir / "spool.db", int(sp.max_bytes), sp.max_age_s,
-                           int(sp.outbox_max_bytes) if sp.outbox_max_bytes else None)
-        # Frames and messages found in the spool at start belong to this run's accounting.
-        self.recovered = Counter({cam: n["frames"] + n["outbox"]
-                                  for cam, n in frames_only(self.spool.pending()).items()})
-        if self.recovered:
-            log.info("spool: recovered %d frames/messages from the last run (%s)",
-                     sum(self.recovered.values()), dict(self.recovered))
+        self.spool, self.recovered = self._open_spool(config)
         self.publisher = Publisher(mqtt_settings(config), self.topics, self.spool)
         self.features = SubscriberFeatures(config, self.topics, self.publisher)  # announces once connected
         self.control = DetectControl(config.state_dir, self.topics, self.publisher, config.mqtt.control)
-        inf = config.inference
         self.queue = LiveQueue(per_camera=1)
         self.health = InferenceHealth(self._on_inference_state)
         self.cameras = {cam.name: cam for cam in config.cameras}
@@ -104,13 +95,7 @@ class Daemon:
         self.config_warnings: list[str] = []  # labels naming classes the model lacks
         self._upload_sides: dict[str, int] = {}  # logged upload size per camera
         self.results = Results(config, self.topics, self.publisher, self.spool, self.features)
-        self.uplink = Uplink(self._make_client(config), inf.model_ref, self._routes(config), self.queue,
-                             self.spool, self.results.handle, self.health, stop,
-                             default_route=CameraRoute(threshold=inf.threshold), max_in_flight=inf.max_in_flight,
-                             probe_interval_s=inf.recheck_interval_s, retry_after_max_s=inf.retry_after_max_s,
-                             on_model=self._on_model, on_queued=self.results.expect, on_spilled=self.results.forget,
-                             quota=QuotaWatch(lambda: self.uplink.client.account_quota(),
-                                              inf.quota_check_interval_s))
+        self.uplink = self._make_uplink(config, stop)
         self.workers: dict[str, CameraWorker] = {}
         self.metrics: MetricsServer | None = None
         self.reloads = 0
@@ -122,6 +107,29 @@ class Daemon:
         self._stalled_reported: list[str] = []
         self._next_stats = 0.0
         self.main_loop = Loop("main", self.tick, stop)
+
+    @staticmethod
+    def _open_spool(config: Config) -> tuple[Spool, Counter]:
+        """The spool, and what it held at start (frames and messages of the last run belong to this
+        run's accounting)."""
+        sp = config.spool
+        spool = Spool(config.state_dir / "spool.db", int(sp.max_bytes), sp.max_age_s,
+                      int(sp.outbox_max_bytes) if sp.outbox_max_bytes else None)
+        recovered = Counter({cam: n["frames"] + n["outbox"] for cam, n in frames_only(spool.pending()).items()})
+        if recovered:
+            log.info("spool: recovered %d frames/messages from the last run (%s)",
+                     sum(recovered.values()), dict(recovered))
+        return spool, recovered
+
+    def _make_uplink(self, config: Config, stop: threading.Event) -> Uplink:
+        """The inference stage, wired to the live queue, the spool and the results stage."""
+        inf = config.inference
+        return Uplink(self._make_client(config), inf.model_ref, self._routes(config), self.queue,
+                      self.spool, self.results.handle, self.health, stop,
+                      default_route=CameraRoute(threshold=inf.threshold), max_in_flight=inf.max_in_flight,
+                      probe_interval_s=inf.recheck_interval_s, retry_after_max_s=inf.retry_after_max_s,
+                      on_model=self._on_model, on_queued=self.results.expect, on_spilled=self.results.forget,
+                      quota=QuotaWatch(lambda: self.uplink.client.account_quota(), inf.quota_check_interval_s))
 
     @staticmethod
     def _make_client(config: Config) -> FocoosClient:
@@ -252,16 +260,8 @@ class Daemon:
         for part in ("device_id", "state_dir", "mqtt", "spool", "metrics"):
             if getattr(new, part) != getattr(old, part):
                 log.warning("reload: changes to %s take effect at the next restart", part)
-        old_cams = {c.name: c for c in old.cameras}
         new_cams = {c.name: c for c in new.cameras}
-        # Only a change to what the camera thread uses restarts it; thresholds, labels, snapshots
-        # and counts apply to the next result.
-        changed = [n for n in old_cams
-                   if n not in new_cams or capture_settings(old_cams[n]) != capture_settings(new_cams[n])]
-        self._stop_cameras(changed)
-        for name in changed:
-            if name not in new_cams:
-                self._on_camera_state(name, "offline", "removed from the config")
+        self._retire_changed_cameras(old, new_cams)
         self.cameras = new_cams
         self.uplink.routes = self._routes(new)
         if new.inference != old.inference:
@@ -279,6 +279,17 @@ class Daemon:
         self.reloads += 1
         log.info("reload %d applied: %d camera(s): %s", self.reloads, len(new_cams), ", ".join(new_cams))
         return True
+
+    def _retire_changed_cameras(self, old: Config, new_cams: dict) -> None:
+        """Stop the cameras a reload removes or whose capture settings it changes (thresholds,
+        labels, snapshots and counts apply to the next result: no restart for those)."""
+        old_cams = {c.name: c for c in old.cameras}
+        changed = [n for n in old_cams
+                   if n not in new_cams or capture_settings(old_cams[n]) != capture_settings(new_cams[n])]
+        self._stop_cameras(changed)
+        for name in changed:
+            if name not in new_cams:
+                self._on_camera_state(name, "offline", "removed from the config")
 
     def _apply_inference(self, new: Config) -> None:
         old_client = self.uplink.client
