@@ -16,7 +16,8 @@ from test_units import make_job
 
 from focoos_edge.delivery.spool import Spool
 from focoos_edge.inference.client import FocoosClient
-from focoos_edge.inference.uplink import CameraRoute, InferenceHealth, LiveQueue, Uplink
+from focoos_edge.inference.live import CameraRoute, InferenceHealth, LiveQueue
+from focoos_edge.inference.uplink import Uplink
 
 GOOD = httpfault.json(200, {"detections": []})
 

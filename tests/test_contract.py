@@ -30,7 +30,7 @@ from focoos_edge.delivery.messages import (
     inference_state_payload,
 )
 from focoos_edge.delivery.publisher import OFFLINE, ONLINE
-from focoos_edge.inference import uplink
+from focoos_edge.inference import live
 from focoos_edge.inference.errors import FocoosError
 from focoos_edge.service.daemon import Daemon
 
@@ -51,7 +51,7 @@ def detections_example(**overrides) -> dict:
 
 def all_reasons() -> set[str]:
     """Every state the inference link can report: the uplink's own and every error's reason."""
-    reasons = {uplink.OK, uplink.STARTING, uplink.MODEL_NOT_READY, "timeout", "server_error"}
+    reasons = {live.OK, live.STARTING, live.MODEL_NOT_READY, "timeout", "server_error"}
     stack = [FocoosError]
     while stack:
         cls = stack.pop()

@@ -29,7 +29,8 @@ from test_units import make_job
 
 from focoos_edge.delivery.spool import Spool
 from focoos_edge.inference.client import FocoosClient
-from focoos_edge.inference.uplink import CameraRoute, InferenceHealth, LiveQueue, Uplink
+from focoos_edge.inference.live import CameraRoute, InferenceHealth, LiveQueue
+from focoos_edge.inference.uplink import Uplink
 
 MIB = 1024 * 1024
 # The daemon idles near 60-70 MB here; a hostile 5 MB reply may cost a transient parse peak,

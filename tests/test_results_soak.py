@@ -15,8 +15,8 @@ from focoos_edge.config.models import load_config
 from focoos_edge.delivery.messages import Topics
 from focoos_edge.delivery.publisher import Publisher
 from focoos_edge.delivery.spool import Spool
+from focoos_edge.inference.live import Delivery
 from focoos_edge.inference.parse import Detection, InferenceResult
-from focoos_edge.inference.uplink import Delivery
 from focoos_edge.results import Results
 from focoos_edge.service.daemon import mqtt_settings
 from focoos_edge.subscribers.features import SubscriberFeatures

@@ -43,8 +43,9 @@ from focoos_edge.delivery.messages import (
 from focoos_edge.delivery.spool import Spool
 from focoos_edge.inference.breaker import CircuitBreaker
 from focoos_edge.inference.client import FocoosClient
+from focoos_edge.inference.live import CameraRoute, Delivery, InferenceHealth, LiveQueue
 from focoos_edge.inference.parse import InferenceResult
-from focoos_edge.inference.uplink import CameraRoute, Delivery, InferenceHealth, LiveQueue, Uplink
+from focoos_edge.inference.uplink import Uplink
 from focoos_edge.service.logs import setup_logging
 from focoos_edge.service.systemd import Notifier, watchdog_interval_s
 from focoos_edge.tools.localserver import LocalServer

@@ -1,6 +1,9 @@
 """Stage 0, the YAML config: typed models that reject unknown keys, loading with ${VAR} and *_file
 secrets, camera source parsing. Errors name the YAML path (exit 78)."""
 
+from focoos_edge.config.camera import (
+    CameraConfig,
+)
 from focoos_edge.config.classcheck import (
     class_warnings,
     label_references,
@@ -9,7 +12,6 @@ from focoos_edge.config.load import (
     ConfigError,
 )
 from focoos_edge.config.models import (
-    CameraConfig,
     Config,
     config_json_schema,
     load_config,

@@ -14,6 +14,12 @@ from focoos_edge.inference.errors import (
 from focoos_edge.inference.geometry import (
     scale_detections,
 )
+from focoos_edge.inference.live import (
+    CameraRoute,
+    Delivery,
+    InferenceHealth,
+    LiveQueue,
+)
 from focoos_edge.inference.masks import (
     trace_masks,
 )
@@ -26,10 +32,6 @@ from focoos_edge.inference.quota import (
     QuotaWatch,
 )
 from focoos_edge.inference.uplink import (
-    CameraRoute,
-    Delivery,
-    InferenceHealth,
-    LiveQueue,
     Uplink,
 )
 
