@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import signal
-import ssl
 import sys
 import threading
 
@@ -65,7 +64,7 @@ def cmd_run(args) -> int:
     if config is None:
         return rc
     from focoos_edge.capture import EncoderUnavailableError
-    from focoos_edge.delivery import SpoolError
+    from focoos_edge.delivery import SpoolError, TlsConfigError
     from focoos_edge.service import Daemon, StateDirError, setup_logging
 
     redactor = setup_logging(args.log_level or config.log_level, config.secrets())
@@ -79,11 +78,8 @@ def cmd_run(args) -> int:
 
     try:
         daemon = Daemon(config, stop, config_path=args.config, reload=reload, on_secrets=add_secrets)
-    except (SpoolError, StateDirError) as exc:
+    except (SpoolError, StateDirError, TlsConfigError) as exc:
         log.critical("%s", exc)
-        return EX_FATAL
-    except ssl.SSLError as exc:
-        log.critical("mqtt.tls: cannot load the certificates: %s", exc)
         return EX_FATAL
     except OSError as exc:  # the state_dir lock file (read-only filesystem, permissions)
         log.critical("state_dir %s: %s", config.state_dir, exc)

@@ -370,6 +370,20 @@ def test_run_with_an_unusable_state_dir_exits_1_naming_it(tmp_path, mosquitto, s
     assert_no_canary(done.stdout, done.stderr)
 
 
+def test_run_with_unloadable_tls_files_exits_1_naming_the_key(tmp_path, mosquitto, small_marker_clip) -> None:
+    """A CA file that exists but is not a certificate: exit 1 with one line naming mqtt.tls."""
+    bad_ca = tmp_path / "ca.pem"
+    bad_ca.write_text("-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n")
+    path = daemon_config(tmp_path, api_url="http://127.0.0.1:9/v0", mqtt_port=mosquitto.port,
+                         cameras=file_camera(small_marker_clip), api_key=API_KEY, device_id=DEVICE,
+                         mqtt={"tls": {"ca_file": str(bad_ca)}})
+    done = run_cli("run", "-c", str(path), timeout_s=30)
+    assert done.returncode == 1, done.stderr
+    assert "mqtt.tls: cannot load the certificates" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert_no_canary(done.stdout, done.stderr)
+
+
 def test_run_second_sigint_forces_exit_during_a_slow_shutdown(spawn, tmp_path, mosquitto, mqtt_sub,
                                                               small_marker_clip) -> None:
     model = {"ref": "local-aruco", "name": "local-aruco", "task": "detection", "status": "TRAINING_COMPLETED",

@@ -32,10 +32,10 @@ FACES: dict[str, set[str]] = {
         "class_warnings", "config_json_schema", "label_references", "load_config",
     },
     "delivery": {
-        "MqttSettings", "PAYLOAD_VERSION", "Publisher", "Spool", "SpoolError", "SpooledFrame", "Topics",
-        "camera_state_payload", "check_broker", "count_topic", "detection_dict", "detections_payload",
-        "dumps", "inference_state_payload", "iso_utc", "iso_utc_ns", "keeps", "label_level",
-        "snapshot_topic", "subscribe",
+        "MqttSettings", "PAYLOAD_VERSION", "Publisher", "Spool", "SpoolError", "SpooledFrame",
+        "TlsConfigError", "Topics", "camera_state_payload", "check_broker", "count_topic", "detection_dict",
+        "detections_payload", "dumps", "inference_state_payload", "iso_utc", "iso_utc_ns", "keeps",
+        "label_level", "snapshot_topic", "subscribe",
     },
     "inference": {
         "AuthError", "CameraRoute", "Delivery", "Detection", "FocoosClient", "FocoosError",

@@ -22,6 +22,7 @@ from focoos_edge.delivery.messages import (
 from focoos_edge.delivery.publisher import (
     MqttSettings,
     Publisher,
+    TlsConfigError,
     check_broker,
     subscribe,
 )
@@ -32,7 +33,8 @@ from focoos_edge.delivery.spool import (
 )
 
 __all__ = [
-    "MqttSettings", "PAYLOAD_VERSION", "Publisher", "Spool", "SpoolError", "SpooledFrame", "Topics",
-    "camera_state_payload", "check_broker", "count_topic", "detection_dict", "detections_payload", "dumps",
-    "inference_state_payload", "iso_utc", "iso_utc_ns", "keeps", "label_level", "snapshot_topic", "subscribe",
+    "MqttSettings", "PAYLOAD_VERSION", "Publisher", "Spool", "SpoolError", "SpooledFrame", "TlsConfigError",
+    "Topics", "camera_state_payload", "check_broker", "count_topic", "detection_dict", "detections_payload",
+    "dumps", "inference_state_payload", "iso_utc", "iso_utc_ns", "keeps", "label_level", "snapshot_topic",
+    "subscribe",
 ]

@@ -81,12 +81,20 @@ class PublishCounters:
     connect_failures: int = 0
 
 
+class TlsConfigError(RuntimeError):
+    """The broker's TLS files (`mqtt.tls`) cannot be loaded; the message names the key."""
+
+
 def tls_context(s: MqttSettings) -> ssl.SSLContext:
-    """TLS 1.2+ with certificate and host name verification (never `tls_insecure_set`)."""
-    ctx = ssl.create_default_context(cafile=s.ca_file)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    if s.cert_file:
-        ctx.load_cert_chain(s.cert_file, s.key_file)
+    """TLS 1.2+ with certificate and host name verification (never `tls_insecure_set`).
+    Raises TlsConfigError when a CA, certificate or key file cannot be read or parsed."""
+    try:
+        ctx = ssl.create_default_context(cafile=s.ca_file)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        if s.cert_file:
+            ctx.load_cert_chain(s.cert_file, s.key_file)
+    except (ssl.SSLError, OSError) as exc:  # TLS errors stay inside delivery
+        raise TlsConfigError(f"mqtt.tls: cannot load the certificates: {exc}") from None
     return ctx
 
 
