@@ -182,7 +182,8 @@ class LiveView:
                        f"in {msg['latency_ms']['total']:.0f} ms  [{boxes}]")
         elif topic.endswith("/events"):
             self.on_event(json.loads(text))
-        elif topic.endswith("/snapshot") and self.snapshot_path and payload:
+        elif topic.endswith("/snapshot") and not topic.endswith("/events/snapshot") and self.snapshot_path \
+                and payload:  # the frame's snapshot, not an event's (one object only)
             with open(self.snapshot_path, "wb") as f:
                 f.write(payload)
             if not self.snapshots:
