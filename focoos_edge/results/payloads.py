@@ -22,7 +22,7 @@ def detection_entry(det: Detection, zones: tuple[str, ...] | None, event_id: str
 
 
 def event_payload(msg: EventMessage, *, device_id: str, camera: str, replayed: bool) -> dict[str, Any]:
-    """The events message (CONTRACT.md v1.1)."""
+    """The events message (docs/mqtt.md; schema delivery/schemas/events.json)."""
     return {
         "v": PAYLOAD_VERSION, "type": msg.kind, "event_id": msg.event_id, "device_id": device_id,
         "camera": camera, "label": msg.label, "score": round(float(msg.score), 4),

@@ -1,8 +1,8 @@
 """The local server's account (``GET user/``) and its inference quota.
 
-The answer has the full shape the Focoos SDK (v0.25.0) validates when ``FocoosHUB()`` is created
-(focoos-api.md): e-mail, dates, company, ``api_key.key`` and every ``quotas`` field. The key is a
-placeholder: the server never echoes the key it was given.
+The answer has the full shape the Focoos SDK (v0.25.0) validates when ``FocoosHUB()`` is created:
+e-mail, dates, company, ``api_key.key`` and every ``quotas`` field. The key is a placeholder: the
+server never echoes the key it was given.
 """
 
 from __future__ import annotations
