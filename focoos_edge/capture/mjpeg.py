@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from focoos_edge.capture.encode import fit_size
-from focoos_edge.capture.source import ScaledFrame
+from focoos_edge.capture.source import OpenCvSource, ScaledFrame
 from focoos_edge.capture.turbo import load_turbojpeg
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ def _as_bytes(jpeg: bytes | np.ndarray) -> bytes:
 MJPG_FOURCC = cv2.VideoWriter.fourcc(*"MJPG")
 
 
-class MjpegCapture:
+class MjpegCapture(OpenCvSource):
     """A :class:`~focoos_edge.capture.source.FrameSource`: a V4L2 capture that hands over the
     camera's JPEGs undecoded (CAP_PROP_CONVERT_RGB = 0),
     so that only sampled frames are decoded, scaled (:meth:`retrieve_scaled`).
@@ -115,16 +115,8 @@ class MjpegCapture:
     self_paced = False  # a live device: never paced, never a file
 
     def __init__(self, cap: cv2.VideoCapture, decoder: MjpegDecoder | None = None):
-        self._cap = cap
+        super().__init__(cap)  # isOpened, grab, read, get and release act on the device as they are
         self._decoder = decoder or MjpegDecoder()
-
-    def isOpened(self) -> bool:
-        """True while the device is open."""
-        return self._cap.isOpened()
-
-    def grab(self) -> bool:
-        """Take the next frame from the driver (no decoding)."""
-        return self._cap.grab()
 
     def retrieve_scaled(self, max_side: int) -> ScaledFrame | None:
         """The grabbed JPEG decoded at the largest scaling factor that still reaches ``max_side``."""
@@ -146,18 +138,6 @@ class MjpegCapture:
             return True, self._decoder.decode_full(raw)
         except MjpegDecodeError:
             return False, None
-
-    def read(self) -> tuple[bool, np.ndarray | None]:
-        """grab() + retrieve()."""
-        return self.retrieve() if self.grab() else (False, None)
-
-    def get(self, prop: int) -> float:
-        """The underlying capture's property."""
-        return self._cap.get(prop)
-
-    def release(self) -> None:
-        """Close the device."""
-        self._cap.release()
 
 
 def wrap_usb_capture(cap: cv2.VideoCapture, name: str) -> cv2.VideoCapture | MjpegCapture:
