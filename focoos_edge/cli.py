@@ -65,8 +65,9 @@ def cmd_run(args) -> int:
         return rc
     from focoos_edge.capture import EncoderUnavailableError
     from focoos_edge.delivery import SpoolError, TlsConfigError
-    from focoos_edge.service import Daemon, StateDirError, setup_logging
+    from focoos_edge.service import Daemon, StateDirError, setup_logging, tune_malloc
 
+    tune_malloc()  # before any thread allocates: two arenas, frames mapped and unmapped
     redactor = setup_logging(args.log_level or config.log_level, config.secrets())
     log_thread_crashes()
     stop, reload = threading.Event(), threading.Event()

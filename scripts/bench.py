@@ -9,8 +9,10 @@ It encodes its own media with ffmpeg (cached in --work-dir): 1080p25 H.264, GOP 
 B-frames, testsrc2 with the frame number written as 12 black/white blocks, so the age of every
 uploaded picture can be read back from the JPEG that a recording inference server receives. Each
 case gets a fresh RTSP server (tests/rtsp_server.py, serving the clip in real time), and each
-figure's baseline is measured in the same run. Ratios are measurements on this machine: on a
-shared or busy machine, run it twice and compare. See docs/performance.md.
+figure's baseline is measured in the same run. CPU figures run side by side with their baseline
+(the daemon and ffmpeg's decode of the same stream at the same time) over 5 windows: the ratio is
+the median of the per-window ratios, with its spread. Ratios are measurements on this machine: on
+a shared or busy machine, run it twice and compare. See docs/performance.md.
 """
 
 from __future__ import annotations
@@ -29,20 +31,14 @@ import bench_results
 import benchlib as lib
 import cv2
 from benchlib import FPS, Bench, Observer, Run, pct
+from procs import ChildProcess
 
-# glibc: two malloc arenas instead of one per thread, and frame-sized buffers always mmap'ed (so
-# freed at once) instead of kept in the heap after the dynamic threshold has grown.
-TUNED_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "131072"}
 FRAME_MS = 1000 / FPS
 
 
 def row(case, figure, baseline, ratio, target="-", met="-"):
     """(case, figure, baseline, ratio, target, met?)"""
     return (case, figure, baseline, ratio, target, met)
-
-
-def pc(run: Run) -> str:
-    return f"{run.cpu_per_s * 100:.1f}%"
 
 
 def ok(value: float, limit: float, at_least: bool = False) -> str:
@@ -54,27 +50,51 @@ def p50_99(values: list[float], digits: int = 0) -> str:
 
 
 # -- cases ----------------------------------------------------------------------------------------------
-def baselines(b: Bench) -> dict[str, Run]:
-    """ffmpeg's decode floors and plain OpenCV loops on the 1080p stream."""
-    ff = ["ffmpeg", "-v", "error", "-nostdin", "-threads", "1", "-rtsp_transport", "tcp"]
-    py = [sys.executable, lib.BENCH, "_cv2"]
-    runs = {}
-    for key, cmd in [("floor", ff + ["-i", "{url}", "-f", "null", "-"]),
-                     ("floor_key", ff + ["-skip_frame", "nokey", "-i", "{url}", "-f", "null", "-"]),
-                     ("read", py + ["{url}", "read"]), ("grab", py + ["{url}", "grab"])]:
+FFMPEG = ["ffmpeg", "-v", "error", "-nostdin", "-threads", "1", "-rtsp_transport", "tcp"]
+WINDOWS = 5  # CPU: side-by-side windows per case (median and spread of the per-window ratios)
+
+
+def floor_cmd(url: str, keyframes: bool = False) -> list[str]:
+    """ffmpeg decoding the stream and throwing the frames away: the decode floor."""
+    return FFMPEG + (["-skip_frame", "nokey"] if keyframes else []) + ["-i", url, "-f", "null", "-"]
+
+
+def cpu_cases(b: Bench) -> dict[str, dict[str, list[float]]]:
+    """CPU per window, each case's processes side by side on one fresh camera: the daemon (default,
+    keyframes) with the ffmpeg floors, and the two plain OpenCV loops (read every frame; grab every
+    frame and retrieve 2 a second)."""
+    out = {}
+    window_s = b.measure_s / 2
+    for key, capture in [("default", {}), ("keyframes", {"decode": "keyframes"})]:
         cam = b.camera(b.clip)
+        procs = {"floor": ChildProcess(floor_cmd(cam.url), name=f"floor-{key}", log_dir=b.logs)}
+        if key == "keyframes":
+            procs["floor_key"] = ChildProcess(floor_cmd(cam.url, True), name="floor-key", log_dir=b.logs)
+        procs["daemon"], server, _ = b.start_daemon(f"cpu-{key}", [cam.url], latency_s=1.0, **capture)
         try:
-            runs[key] = b.process([c.replace("{url}", cam.url) for c in cmd], key)
+            out[key] = lib.side_by_side(procs, WINDOWS, window_s, b.warmup_s)
         finally:
+            for proc in procs.values():
+                proc.terminate(timeout_s=20)
+            server.stop()
             cam.terminate()
-    return runs
+    cam = b.camera(b.clip)
+    loops = {mode: ChildProcess([sys.executable, lib.BENCH, "_cv2", cam.url, mode], name=f"cv2-{mode}",
+                                log_dir=b.logs) for mode in ("read", "grab")}
+    try:
+        out["cv2"] = lib.side_by_side(loops, WINDOWS, window_s, 3.0)
+    finally:
+        for proc in loops.values():
+            proc.terminate()
+        cam.terminate()
+    return out
 
 
 def daemons(b: Bench) -> tuple[dict[str, Run], dict[str, list[float]]]:
-    """The daemon (default, one decoder thread, keyframes) and the naive loop, 1 s server."""
+    """The daemon (default, keyframes) and the naive loop against a 1 s server: freshness, bytes,
+    threads."""
     runs, ages = {}, {}
-    for key, capture in [("default", {}), ("threads1", {"decode_threads": 1}),
-                         ("keyframes", {"decode": "keyframes"}), ("naive", None)]:
+    for key, capture in [("default", {}), ("keyframes", {"decode": "keyframes"}), ("naive", None)]:
         cam = b.camera(b.clip)
         observer = Observer(cam.url)
         observer.start()
@@ -88,29 +108,34 @@ def daemons(b: Bench) -> tuple[dict[str, Run], dict[str, list[float]]]:
     return runs, ages
 
 
-def cpu_rows(base: dict[str, Run], runs: dict[str, Run]) -> list[tuple]:
-    floor = base["floor"]
-    fl = f"ffmpeg -threads 1 decode: {pc(floor)}"
-    r = {k: runs[k].cpu_per_s / floor.cpu_per_s for k in ("default", "threads1", "keyframes")}
+def side_row(case: str, cpu: dict[str, list[float]], num: str, den: str, base_label: str,
+             target: str = "-", limit: float | None = None) -> tuple:
+    """A CPU row from side-by-side windows: medians, the median per-window ratio and its spread."""
+    r = lib.ratios(cpu, num, den)
+    med = statistics.median(r)
+    figure = f"{statistics.median(cpu[num]) * 100:.1f}% (ratio {min(r):.2f}-{max(r):.2f}, {len(r)} windows)"
+    return row(case, figure, f"{base_label}: {statistics.median(cpu[den]) * 100:.1f}%", med, target,
+               ok(med, limit) if limit is not None else "-")
+
+
+def cpu_rows(cpu: dict[str, dict[str, list[float]]]) -> list[tuple]:
+    floor = "ffmpeg -threads 1 decode, same time"
     return [
-        row("CPU/camera 1080p25 @2 fps, share of a core", pc(runs["default"]), fl, r["default"],
-            "<= 1.15x", ok(r["default"], 1.15)),
-        row("  same, decode_threads: 1", pc(runs["threads1"]), fl, r["threads1"], "<= 1.15x",
-            ok(r["threads1"], 1.15)),
-        row("  same, decode: keyframes (GOP 1 s)", pc(runs["keyframes"]), fl, r["keyframes"], "<= 0.25x",
-            ok(r["keyframes"], 0.25)),
-        row("  cv2 grab all + retrieve 2 fps, alone", pc(base["grab"]),
-            f"cv2 read() every frame: {pc(base['read'])}", base["grab"].cpu_per_s / base["read"].cpu_per_s),
-        row("  decode: keyframes vs its own floor", pc(runs["keyframes"]),
-            f"ffmpeg -skip_frame nokey: {pc(base['floor_key'])}",
-            runs["keyframes"].cpu_per_s / base["floor_key"].cpu_per_s),
+        side_row("CPU/camera 1080p25 @2 fps, share of a core", cpu["default"], "daemon", "floor", floor,
+                 "<= 1.10x", 1.10),
+        side_row("  same, decode: keyframes (GOP 1 s)", cpu["keyframes"], "daemon", "floor", floor,
+                 "<= 0.25x", 0.25),
+        side_row("  decode: keyframes vs its own floor", cpu["keyframes"], "daemon", "floor_key",
+                 "ffmpeg -skip_frame nokey, same time"),
+        side_row("  cv2 grab all + retrieve 2 fps, alone", cpu["cv2"], "grab", "read",
+                 "cv2 read() every frame, same time"),
     ]
 
 
 def freshness_rows(runs: dict[str, Run], ages: dict[str, list[float]]) -> list[tuple]:
     naive = f"naive loop: {p50_99(ages['naive'])}"
     rows = []
-    for key, label in [("default", "freshness at upload p50 / p99, ms"), ("threads1", "  same, decode_threads: 1"),
+    for key, label in [("default", "freshness at upload p50 / p99, ms"),
                        ("keyframes", "  same, decode: keyframes (keyframe age)")]:
         p99 = pct(ages[key], .99)
         target = key != "keyframes"
@@ -153,8 +178,7 @@ def memory_rows(b: Bench, one_camera: Run, soak_min: float) -> list[tuple]:
     floor_mb = int(subprocess.check_output([sys.executable, "-c", code])) * os.sysconf("SC_PAGE_SIZE") / 2**20
     base = f"imports alone: {floor_mb:.0f} MB"
     runs = {}
-    for key, kw in [("default", {}), ("tuned", {"decode_threads": 1, "env": TUNED_ENV}),
-                    ("keyframes", {"decode": "keyframes"})]:
+    for key, kw in [("default", {}), ("keyframes", {"decode": "keyframes"})]:
         cam = b.camera(b.clip)
         soak = soak_min * 60 if key == "default" else 0
         try:
@@ -167,8 +191,6 @@ def memory_rows(b: Bench, one_camera: Run, soak_min: float) -> list[tuple]:
     rows = [row("RSS, 1 camera 1080p, MB", f"{one:.0f}", base, one / floor_mb),
             row("RSS, 4 cameras 1080p, MB", f"{mb['default']:.0f}", base, mb["default"] / 150, "<= 150 MB",
                 ok(mb["default"], 150)),
-            row("  same, decode_threads 1 + malloc env", f"{mb['tuned']:.0f}", base, mb["tuned"] / 150,
-                "<= 150 MB", ok(mb["tuned"], 150)),
             row("  same, decode: keyframes", f"{mb['keyframes']:.0f}", base, mb["keyframes"] / 150,
                 "<= 150 MB", ok(mb["keyframes"], 150))]
     if not soak_min:
@@ -342,9 +364,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     b = Bench(Path(args.work_dir), measure_s=12.0 if args.quick else 40.0)
     try:
-        base = baselines(b)
+        cpu = cpu_cases(b)
         runs, ages = daemons(b)
-        rows = cpu_rows(base, runs) + freshness_rows(runs, ages) + [bytes_row(b, runs["default"])]
+        rows = cpu_rows(cpu) + freshness_rows(runs, ages) + [bytes_row(b, runs["default"])]
         rows += [uplink_row(b)] + memory_rows(b, runs["default"], args.soak_min) + bench_results.rows()
         extra = [(f"busiest threads, {key}, % of a core",
                   ", ".join(f"{n} {c * 100:.2f}" for _, n, c in runs[key].threads[:12]))

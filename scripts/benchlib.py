@@ -15,6 +15,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -177,6 +178,33 @@ def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
     return out
 
 
+def side_by_side(procs: dict[str, ChildProcess], windows: int, window_s: float,
+                 warmup_s: float) -> dict[str, list[float]]:
+    """CPU per wall second of each process over the same consecutive windows (all running at
+    once, so the machine's load hits them alike): a ratio of two of them is taken per window."""
+    deadline = time.monotonic() + warmup_s
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        for proc in procs.values():
+            if not proc.alive:
+                raise SystemExit(proc.describe())
+    cpu: dict[str, list[float]] = {name: [] for name in procs}
+    for _ in range(windows):
+        c0, t0 = {n: cpu_s(p.pid) for n, p in procs.items()}, time.monotonic()
+        time.sleep(window_s)
+        wall = time.monotonic() - t0
+        for name, proc in procs.items():
+            if not proc.alive:
+                raise SystemExit(proc.describe())
+            cpu[name].append((cpu_s(proc.pid) - c0[name]) / wall)
+    return cpu
+
+
+def ratios(cpu: dict[str, list[float]], num: str, den: str) -> list[float]:
+    """Per window: num's CPU over den's."""
+    return [a / b for a, b in zip(cpu[num], cpu[den], strict=True)]
+
+
 def pct(values: list[float], q: float) -> float:
     """Nearest-rank quantile; NaN when empty."""
     data = sorted(values)
@@ -261,11 +289,12 @@ class Bench:
         run.uploads = server.since(t0)
         return run
 
-    def daemon(self, name: str, urls: list[str], latency_s: float, measure_s: float | None = None,
-               sample_fps: float = 2, max_side: int = 640, rss_every_s: float = 1.0,
-               env: dict[str, str] | None = None, external_server: bool = False, **capture) -> Run:
+    def start_daemon(self, name: str, urls: list[str], latency_s: float, sample_fps: float = 2,
+                     max_side: int = 640, env: dict[str, str] | None = None, external_server: bool = False,
+                     **capture) -> tuple[ChildProcess, Any, Path]:
         """The real daemon, one camera per URL, against a recording server (in this process) or
-        `focoos-edge local-server` (a process of its own: no upload records)."""
+        `focoos-edge local-server` (a process of its own: no upload records); returns the process,
+        the server and the file the daemon's thread names go to."""
         server, api_url = self._server(name, latency_s, external_server)
         cams = [{"name": f"cam{i}", "source": url, "sample_fps": sample_fps, "max_side": max_side}
                 for i, url in enumerate(urls)]
@@ -277,6 +306,13 @@ class Bench:
         names = work / "threads.json"
         proc = ChildProcess(cmd, name=name, log_dir=self.logs,
                             env={**os.environ, **(env or {}), "BENCH_THREAD_NAMES": str(names)})
+        return proc, server, names
+
+    def daemon(self, name: str, urls: list[str], latency_s: float, measure_s: float | None = None,
+               rss_every_s: float = 1.0, external_server: bool = False, **kw) -> Run:
+        """One window of the real daemon (see start_daemon), with what the server received and
+        the detections messages the broker passed on during it."""
+        proc, server, names = self.start_daemon(name, urls, latency_s, external_server=external_server, **kw)
         try:
             t0, run = self._window(proc, self.warmup_s, measure_s or self.measure_s, rss_every_s)
             t1 = time.time()

@@ -18,8 +18,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "focoos_edge"
 # The public face of each stage package (its __all__).
 FACES: dict[str, set[str]] = {
     "capture": {
-        "CameraWorker", "CaptureOpenError", "CaptureSettings", "DEFAULT_IM_SIZE", "EncoderUnavailableError",
-        "FrameJob", "FramePrep", "JpegEncoder", "ModelImSize", "ScaledFrame", "open_capture",
+        "CameraWorker", "CaptureOpenError", "CaptureSettings", "ConversionBuffers", "DEFAULT_IM_SIZE",
+        "EncoderUnavailableError", "FrameJob", "FramePrep", "JpegEncoder", "ModelImSize", "ScaledFrame", "open_capture",
         "resize_to_max_side",
     },
     "common": {
@@ -47,6 +47,7 @@ FACES: dict[str, set[str]] = {
     },
     "service": {
         "Daemon", "StateDirError", "capture_settings", "mqtt_settings", "request_reload", "setup_logging",
+        "tune_malloc",
     },
     "subscribers": {
         "SubscriberFeatures",

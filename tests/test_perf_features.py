@@ -29,7 +29,7 @@ from focoos_edge.capture.mjpeg import (
     wrap_usb_capture,
 )
 from focoos_edge.capture.motion import InferenceBudget, SceneGate, mean_abs_diff, thumbnail
-from focoos_edge.capture.source import FrameSource
+from focoos_edge.capture.source import ConversionBuffers, FrameSource
 from focoos_edge.capture.turbo import EncoderUnavailableError
 from focoos_edge.capture.worker import (
     CameraWorker,
@@ -425,6 +425,63 @@ def test_default_retrieve_is_decode_then_resize(clips):
         cap.release()
     assert (scaled.width, scaled.height) == (640, 360)
     assert np.array_equal(scaled.image, resize_to_max_side(full, 320)[0])
+
+
+def scaled_frames(path: Path, max_side: int, buffers: ConversionBuffers | None, n: int) -> list[np.ndarray]:
+    """The first `n` frames of a file through OpenCvSource.retrieve_scaled."""
+    cap = open_capture(settings(str(path)), buffers=buffers)
+    try:
+        out = []
+        for _ in range(n):
+            assert cap.grab()
+            scaled = cap.retrieve_scaled(max_side)
+            assert scaled is not None
+            out.append(scaled.image)
+        return out
+    finally:
+        cap.release()
+
+
+def test_shared_conversion_buffers_give_the_same_pixels_and_keep_one_buffer_per_shape(clips, tmp_path):
+    """Cameras of two sizes converted into the shared buffers, from two threads at once: every
+    downscaled frame equals the one converted into a fresh array; one buffer per frame shape."""
+    big = media.make_test_clip(tmp_path / "big.mp4", 1280, 720, FPS, 2, gop=25)
+    expected = {p: scaled_frames(p, 320, None, 20) for p in (clips["gop25"], big)}
+    buffers = ConversionBuffers()
+    got: dict[Path, list[np.ndarray]] = {}
+    threads = [threading.Thread(target=lambda p=p: got.__setitem__(p, scaled_frames(p, 320, buffers, 20)))
+               for p in expected]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for path, frames in expected.items():
+        assert len(got[path]) == len(frames)
+        assert all(np.array_equal(a, b) for a, b in zip(got[path], frames, strict=True)), path
+    assert sorted(buffers.shapes()) == [(360, 640, 3), (720, 1280, 3)]
+
+
+def test_shared_conversion_buffer_is_reused_and_never_handed_out(clips):
+    """The buffer is converted into again and again (no fresh 6 MB array per sampled frame), and a
+    frame that needs no downscale leaves as a copy: the next conversion cannot overwrite it."""
+    buffers = ConversionBuffers()
+    cap = open_capture(settings(str(clips["gop25"])), buffers=buffers)
+    try:
+        assert cap.grab()
+        first = cap.retrieve_scaled(640)  # 640x360 already: not downscaled
+        with buffers.borrow((360, 640, 3)) as slot:
+            held = slot.buffer
+        assert held is not None and first is not None
+        assert not np.shares_memory(first.image, held)
+        kept = first.image.copy()
+        for _ in range(5):
+            assert cap.grab()
+            assert cap.retrieve_scaled(320) is not None
+        with buffers.borrow((360, 640, 3)) as slot:
+            assert slot.buffer is held  # the same array, converted into in place
+        assert np.array_equal(first.image, kept)
+    finally:
+        cap.release()
 
 
 def test_capture_settings_reject_an_unknown_decode_mode_and_keyframes_for_usb():

@@ -14,6 +14,7 @@ from focoos_edge.capture.frameprep import (
     ModelImSize,
 )
 from focoos_edge.capture.source import (
+    ConversionBuffers,
     ScaledFrame,
 )
 from focoos_edge.capture.turbo import (
@@ -27,6 +28,7 @@ from focoos_edge.capture.worker import (
 )
 
 __all__ = [
-    "CameraWorker", "CaptureOpenError", "CaptureSettings", "DEFAULT_IM_SIZE", "EncoderUnavailableError",
-    "FrameJob", "FramePrep", "JpegEncoder", "ModelImSize", "ScaledFrame", "open_capture", "resize_to_max_side",
+    "CameraWorker", "CaptureOpenError", "CaptureSettings", "ConversionBuffers", "DEFAULT_IM_SIZE",
+    "EncoderUnavailableError", "FrameJob", "FramePrep", "JpegEncoder", "ModelImSize", "ScaledFrame", "open_capture",
+    "resize_to_max_side",
 ]

@@ -8,6 +8,9 @@ thread calls ``grab()`` for every frame and ``retrieve_scaled()`` only for the f
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -67,13 +70,62 @@ class FrameSource(Protocol):
         ...
 
 
+class ConversionBuffers:
+    """Full-size BGR buffers that the cameras' sampled frames are converted into, one per frame
+    shape, shared by every camera of the process and used by one camera at a time.
+
+    A sampled 1080p frame is 6 MB of BGR that lives for the few milliseconds of its downscale.
+    Allocated afresh each time, it costs 1,500 page faults (glibc maps blocks that large afresh,
+    and the service sets a low mmap threshold so that they are returned at once): about 0.9 % of
+    a core per camera at 2 fps, 8 % of the decode floor (docs/performance.md). Kept per camera,
+    it would stay resident 6 MB per camera. Shared, it is one buffer per shape; cameras wait for
+    each other only for the conversion itself (~5 ms at 1080p). Thread-safe.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_shape: dict[tuple[int, ...], np.ndarray] = {}
+
+    @contextmanager
+    def borrow(self, shape: tuple[int, ...] | None) -> Iterator[_Slot]:
+        """Hold the buffer of ``shape`` (None: not known yet) for one conversion; whatever the
+        conversion returns is kept for the next one (``slot.keep``)."""
+        with self._lock:
+            slot = _Slot(self._by_shape.get(shape) if shape is not None else None)
+            yield slot
+            if slot.kept is not None:
+                self._by_shape[slot.kept.shape] = slot.kept
+
+    def shapes(self) -> list[tuple[int, ...]]:
+        """The shapes that have a buffer (one per distinct camera resolution)."""
+        with self._lock:
+            return list(self._by_shape)
+
+
+class _Slot:
+    """One borrowed buffer: ``buffer`` to convert into (None: allocate), ``keep`` what came out."""
+
+    def __init__(self, buffer: np.ndarray | None):
+        self.buffer = buffer
+        self.kept: np.ndarray | None = None
+
+    def keep(self, image: np.ndarray) -> None:
+        self.kept = image
+
+
 class OpenCvSource:
-    """A :class:`FrameSource` over an open ``cv2.VideoCapture``: full decode, then INTER_AREA resize."""
+    """A :class:`FrameSource` over an open ``cv2.VideoCapture``: full decode, then INTER_AREA resize.
+
+    With ``buffers``, sampled frames are converted into the shared :class:`ConversionBuffers`
+    and only the downscaled copy leaves ``retrieve_scaled``.
+    """
 
     self_paced = False
 
-    def __init__(self, cap: cv2.VideoCapture):
+    def __init__(self, cap: cv2.VideoCapture, buffers: ConversionBuffers | None = None):
         self._cap = cap
+        self._buffers = buffers
+        self._shape: tuple[int, ...] | None = None  # the last converted frame's, to pick its buffer
 
     def isOpened(self) -> bool:
         """True while the capture is open."""
@@ -90,12 +142,19 @@ class OpenCvSource:
 
     def retrieve_scaled(self, max_side: int) -> ScaledFrame | None:
         """Decode + downscale (INTER_AREA), with the original size."""
-        ok, frame = self.retrieve()
-        if not ok or frame is None:
-            return None
-        h, w = frame.shape[:2]
-        small, scale = resize_to_max_side(frame, max_side)
-        return ScaledFrame(small, w, h, scale)
+        if self._buffers is None:
+            ok, frame = self.retrieve()
+            return _scaled(frame, max_side) if ok and frame is not None else None
+        with self._buffers.borrow(self._shape) as slot:
+            ok, frame = self._cap.retrieve(slot.buffer)
+            if not ok or frame is None:
+                return None
+            slot.keep(frame)
+            self._shape = frame.shape
+            scaled = _scaled(frame, max_side)
+            if scaled.image is frame:  # not downscaled: the shared buffer must not leave
+                return ScaledFrame(frame.copy(), scaled.width, scaled.height, scaled.scale)
+            return scaled
 
     def read(self) -> tuple[bool, np.ndarray | None]:
         """grab() + retrieve()."""
@@ -108,3 +167,9 @@ class OpenCvSource:
     def release(self) -> None:
         """Close the capture."""
         self._cap.release()
+
+
+def _scaled(frame: np.ndarray, max_side: int) -> ScaledFrame:
+    h, w = frame.shape[:2]
+    small, scale = resize_to_max_side(frame, max_side)
+    return ScaledFrame(small, w, h, scale)

@@ -27,7 +27,7 @@ from focoos_edge.capture.frameprep import FramePrep, ModelImSize
 from focoos_edge.capture.keyframes import KeyframeOpenError, KeyframeUnavailableError, open_keyframes
 from focoos_edge.capture.mjpeg import MjpegCapture, wrap_usb_capture
 from focoos_edge.capture.motion import InferenceBudget, SceneGate
-from focoos_edge.capture.source import FrameSource, OpenCvSource, ScaledFrame
+from focoos_edge.capture.source import ConversionBuffers, FrameSource, OpenCvSource, ScaledFrame
 from focoos_edge.common import Backoff, Loop
 from focoos_edge.config import Source
 
@@ -81,11 +81,12 @@ class CaptureOpenError(RuntimeError):
     """The source could not be opened (message is already redacted)."""
 
 
-def open_capture(settings: CaptureSettings, stop: threading.Event | None = None) -> FrameSource:
+def open_capture(settings: CaptureSettings, stop: threading.Event | None = None,
+                 buffers: ConversionBuffers | None = None) -> FrameSource:
     """Open the source as a :class:`FrameSource`: OpenCV's FFmpeg backend (V4L2 for USB devices)
     with open/read timeouts, a PyAV KeyframeSource with `decode="keyframes"` (files and streams),
     an MjpegCapture with `usb_mjpeg` when the device delivers MJPEG. `stop` interrupts a keyframe
-    source's waits.
+    source's waits; an OpenCV source converts sampled frames into `buffers` when given.
     """
     src = settings.source
     os.environ.setdefault(_FFMPEG_OPTIONS_ENV, _FFMPEG_OPTIONS_DEFAULT)
@@ -117,7 +118,7 @@ def open_capture(settings: CaptureSettings, stop: threading.Event | None = None)
     if not cap.isOpened():
         cap.release()
         raise CaptureOpenError(f"cannot open {src.display}")
-    return OpenCvSource(cap)
+    return OpenCvSource(cap, buffers)
 
 
 class Sampler:
@@ -156,13 +157,15 @@ class CameraWorker(threading.Thread):
     """Grabs frames from one source until `stop` is set.
 
     `on_job(FrameJob)` must not block (the uplink queue drops, it never waits);
-    `on_state(camera, state, detail)` is called on every state change.
+    `on_state(camera, state, detail)` is called on every state change. `buffers`: the process's
+    shared conversion buffers (one per camera thread when not given).
     """
 
     def __init__(self, settings: CaptureSettings, on_job: Callable[[FrameJob], None],
                  on_state: Callable[[str, str, str | None], None], stop: threading.Event,
                  opener: Callable[[CaptureSettings], FrameSource] | None = None,
-                 im_size: ModelImSize | None = None, paused: threading.Event | None = None):
+                 im_size: ModelImSize | None = None, paused: threading.Event | None = None,
+                 buffers: ConversionBuffers | None = None):
         super().__init__(name=f"camera-{settings.name}", daemon=True)
         self.settings = settings
         self.counters = CameraCounters()
@@ -171,7 +174,8 @@ class CameraWorker(threading.Thread):
         self._on_job = on_job
         self._on_state = on_state
         self.stop_event = stop
-        self._opener = opener or (lambda s: open_capture(s, stop))
+        shared = buffers or ConversionBuffers()
+        self._opener = opener or (lambda s: open_capture(s, stop, shared))
         self._paused = paused or threading.Event()  # set: detect OFF (mqtt control), still streaming
         self._encoder = JpegEncoder()
         self._prep = FramePrep(settings.privacy_masks, settings.crop)

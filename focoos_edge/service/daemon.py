@@ -8,7 +8,7 @@ import time
 from collections import Counter
 
 from focoos_edge import __version__
-from focoos_edge.capture import CameraWorker, CaptureSettings, JpegEncoder, ModelImSize
+from focoos_edge.capture import CameraWorker, CaptureSettings, ConversionBuffers, JpegEncoder, ModelImSize
 from focoos_edge.common import Loop
 from focoos_edge.config import Config, ConfigError, class_warnings, label_references, load_config
 from focoos_edge.delivery import (
@@ -97,6 +97,7 @@ class Daemon:
         self.results = Results(config, self.topics, self.publisher, self.spool, self.features)
         self.uplink = self._make_uplink(config, stop)
         self.workers: dict[str, CameraWorker] = {}
+        self.conversion = ConversionBuffers()  # one full-size BGR buffer per frame shape, for every camera
         self.metrics: MetricsServer | None = None
         self.reloads = 0
         self.reload_answers = ReloadAnswers()  # `focoos-edge reload` (ExecReload) waits on these
@@ -210,7 +211,7 @@ class Daemon:
 
     def _start_camera(self, cam) -> None:
         worker = CameraWorker(capture_settings(cam), self.uplink.submit, self._on_camera_state, threading.Event(),
-                              im_size=self.im_size, paused=self.control.paused(cam.name))
+                              im_size=self.im_size, paused=self.control.paused(cam.name), buffers=self.conversion)
         self.workers[cam.name] = worker
         self._on_camera_state(cam.name, worker.state, None)
         worker.start()
