@@ -410,3 +410,27 @@ def test_map_to_frame_identity_and_bad_scale():
     for bad in (0, -1.0, float("inf"), float("nan")):
         with pytest.raises(ValueError):
             map_to_frame(dets, scale=bad, width=10, height=10)
+
+
+# --- proxies from the environment, read once ------------------------------------------------------
+
+def test_an_http_proxy_from_the_environment_is_used_and_read_once(server, monkeypatch):
+    """HTTP_PROXY at construction routes uploads through the proxy (which sees the absolute URL of
+    the API); the environment is read once, so a change afterwards does not reroute a running client."""
+    with FaultServer() as proxy:
+        proxy.default = httpfault.json(200, OK_REPLY)
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.port}")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        with FocoosClient(server.url, CANARY, timeout_s=2.0) as via_proxy:
+            monkeypatch.delenv("HTTP_PROXY")
+            assert via_proxy.infer("fai-detr-l-obj365", JPEG, 0.5).detections
+        (rec,) = proxy.requests
+        assert rec.path == "/v0/models/fai-detr-l-obj365/inference"  # the proxy got the API's request
+        assert rec.header("Host") == f"127.0.0.1:{server.port}"
+        assert not server.requests
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.port}")
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        with FocoosClient(server.url, CANARY, timeout_s=2.0) as direct:
+            assert direct.infer("fai-detr-l-obj365", JPEG, 0.5).detections
+        assert len(proxy.requests) == 1 and len(server.requests) == 1

@@ -83,7 +83,7 @@ class FocoosClient:
         self._peer = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
         self._timeout_s = float(timeout_s)
         self._connect_timeout_s = float(connect_timeout_s or min(timeout_s, 5.0))
-        self._session = _make_session(key, user_agent, pool_size)
+        self._session = _make_session(key, user_agent, pool_size, api_url)
 
     def __repr__(self) -> str:
         return f"FocoosClient({self._peer})"
@@ -238,8 +238,15 @@ def _no_auth(request: requests.PreparedRequest) -> requests.PreparedRequest:
     return request
 
 
-def _make_session(api_key: str, user_agent: str, pool_size: int) -> requests.Session:
+def _make_session(api_key: str, user_agent: str, pool_size: int, api_url: str) -> requests.Session:
     session = requests.Session()
+    # The environment (HTTPS_PROXY, NO_PROXY, REQUESTS_CA_BUNDLE...) is read once, here: requests
+    # would read it again on every request, scanning all of os.environ twice, a third of the
+    # client's CPU per upload (0.8 of 2.4 ms here). A daemon's environment does not change.
+    settings = session.merge_environment_settings(api_url, {}, None, None, None)
+    session.proxies.update(settings["proxies"])
+    session.verify = settings["verify"]
+    session.trust_env = False
     # total=0: urllib3 must not retry behind the uplink's back (it would double-count metered inferences).
     adapter = DeadlineAdapter(pool_connections=pool_size, pool_maxsize=pool_size,
                               max_retries=Retry(total=0, read=False, redirect=False))
