@@ -60,14 +60,16 @@ def _load(path: str):
 
 
 def cmd_run(args) -> int:
+    from focoos_edge.common import tune_malloc
+
+    tune_malloc()  # first: the config's imports and every thread allocate with the daemon's settings
     config, rc = _load(args.config)
     if config is None:
         return rc
     from focoos_edge.capture import EncoderUnavailableError
     from focoos_edge.delivery import SpoolError, TlsConfigError
-    from focoos_edge.service import Daemon, StateDirError, setup_logging, tune_malloc
+    from focoos_edge.service import Daemon, StateDirError, setup_logging
 
-    tune_malloc()  # before any thread allocates: two arenas, frames mapped and unmapped
     redactor = setup_logging(args.log_level or config.log_level, config.secrets())
     log_thread_crashes()
     stop, reload = threading.Event(), threading.Event()

@@ -32,7 +32,10 @@ def start(b: Bench, name: str, python: str, url: str) -> tuple[ChildProcess, Rec
                         cameras=[{"name": "cam0", "source": url, "sample_fps": 2, "max_side": 640}],
                         inference={"max_in_flight": 4, "timeout_s": 10}, log_level="warning",
                         stats_interval_s=5, device_id=name)
-    return ChildProcess([python, "-m", "focoos_edge", "run", "-c", str(cfg)], name=name, log_dir=b.logs), server
+    # cwd: `python -m` puts the working directory first on sys.path; started from a checkout, both
+    # daemons would import that checkout's focoos_edge instead of their own install's.
+    return ChildProcess([python, "-m", "focoos_edge", "run", "-c", str(cfg)], name=name, log_dir=b.logs,
+                        cwd=work), server
 
 
 def main() -> int:

@@ -24,7 +24,8 @@ FACES: dict[str, set[str]] = {
     },
     "common": {
         "Backoff", "Box", "HourlyRate", "Loop", "MASK", "RedactingFilter", "area", "contains", "iou",
-        "package_for", "redact_text", "redact_url", "self_intersection", "url_secrets", "visible_share",
+        "package_for", "redact_text", "redact_url", "self_intersection", "tune_malloc", "url_secrets",
+        "visible_share",
         "write_json",
     },
     "config": {
@@ -47,7 +48,6 @@ FACES: dict[str, set[str]] = {
     },
     "service": {
         "Daemon", "StateDirError", "capture_settings", "mqtt_settings", "request_reload", "setup_logging",
-        "tune_malloc",
     },
     "subscribers": {
         "SubscriberFeatures",

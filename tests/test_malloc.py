@@ -1,4 +1,4 @@
-"""The allocator settings `focoos-edge run` applies (service/malloc.py), seen through glibc itself:
+"""The allocator settings `focoos-edge run` applies (common/malloc.py), seen through glibc itself:
 after a 6 MB block has been freed, a 1 MB block is still mapped on its own (and so returned to the
 system when freed) instead of coming from the heap, where it would stay resident."""
 
@@ -10,11 +10,11 @@ import sys
 
 import pytest
 
-from focoos_edge.service.malloc import tune_malloc
+from focoos_edge.common.malloc import tune_malloc
 
 PROBE = r"""
 import ctypes, json, sys
-from focoos_edge.service.malloc import tune_malloc
+from focoos_edge.common.malloc import tune_malloc
 class MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in
                 ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",

@@ -18,6 +18,9 @@ from focoos_edge.common.geometry import (
 from focoos_edge.common.loop import (
     Loop,
 )
+from focoos_edge.common.malloc import (
+    tune_malloc,
+)
 from focoos_edge.common.ospackages import (
     package_for,
 )
@@ -34,6 +37,7 @@ from focoos_edge.common.redact import (
 
 __all__ = [
     "Backoff", "Box", "HourlyRate", "Loop", "MASK", "RedactingFilter", "area", "contains", "iou",
-    "package_for", "redact_text", "redact_url", "self_intersection", "url_secrets", "visible_share",
+    "package_for", "redact_text", "redact_url", "self_intersection", "tune_malloc", "url_secrets",
+    "visible_share",
     "write_json",
 ]

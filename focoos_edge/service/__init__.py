@@ -1,7 +1,6 @@
 """The daemon as a service: wiring and lifecycle of the stages (it only wires), the state_dir lock,
 the detect on/off control topics, stats, reload with an answer for systemd, sd_notify and the
-watchdog, logging with redaction and journald priorities, the Prometheus and /healthz endpoint,
-the allocator's settings for frame-sized blocks."""
+watchdog, logging with redaction and journald priorities, the Prometheus and /healthz endpoint."""
 
 from focoos_edge.service.daemon import (
     Daemon,
@@ -10,9 +9,6 @@ from focoos_edge.service.daemon import (
 )
 from focoos_edge.service.logs import (
     setup_logging,
-)
-from focoos_edge.service.malloc import (
-    tune_malloc,
 )
 from focoos_edge.service.reloadctl import (
     request_reload,
@@ -23,5 +19,4 @@ from focoos_edge.service.statedir import (
 
 __all__ = [
     "Daemon", "StateDirError", "capture_settings", "mqtt_settings", "request_reload", "setup_logging",
-    "tune_malloc",
 ]

@@ -8,7 +8,7 @@ are mapped and unmapped with their allocation) took four 1080p cameras from abou
 153 MB (scripts/bench.py, docs/performance.md). The cost, a fresh mapping per large block, is why
 sampled frames are converted into shared buffers (capture/source.py, ConversionBuffers).
 
-Applied by ``focoos-edge run`` before any thread starts. ``MALLOC_ARENA_MAX`` or
+Applied by ``focoos-edge run`` first, before the config's imports and before any thread starts. ``MALLOC_ARENA_MAX`` or
 ``MALLOC_MMAP_THRESHOLD_`` in the environment win (glibc reads them at start); elsewhere than glibc
 (musl has no mallopt) nothing is done.
 """
