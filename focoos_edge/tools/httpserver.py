@@ -179,14 +179,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _read_body(self) -> bytes | None:
         """Read the whole body (so the connection can be reused); reply and return None if refused."""
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+        if self._chunked():
             self._send_json(411, {"detail": "Length Required: chunked bodies are not supported"}, close=True)
             return None
-        raw_length = self.headers.get("Content-Length", "0").strip() or "0"
-        if not raw_length.isdigit():
+        length = self._content_length()
+        if length is None:
             self._send_json(400, {"detail": "Invalid Content-Length"}, close=True)
             return None
-        length = int(raw_length)
         if length > limits.MAX_BODY_BYTES:
             # The body is left unread, so the connection cannot carry another request.
             self._send_json(413, {"detail": f"Request body larger than {limits.MAX_BODY_BYTES} bytes"},
@@ -198,12 +197,18 @@ class _Handler(BaseHTTPRequestHandler):
         return body
 
     def _discard_small_body(self) -> bool:
-        """Read and drop a body of at most 1 MiB; False when there is more (or it is chunked)."""
+        """Read and drop a body of at most DRAIN_MAX_BYTES; False when there is more (or it is chunked)."""
+        length = None if self._chunked() else self._content_length()
+        return (length is not None and length <= limits.DRAIN_MAX_BYTES
+                and self._read_until(length, time.monotonic() + limits.DRAIN_DEADLINE_S) is not None)
+
+    def _chunked(self) -> bool:
+        return "chunked" in self.headers.get("Transfer-Encoding", "").lower()
+
+    def _content_length(self) -> int | None:
+        """The declared Content-Length (0 without one); None when it is not a whole number."""
         raw_length = self.headers.get("Content-Length", "0").strip() or "0"
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower() or not raw_length.isdigit():
-            return False
-        length = int(raw_length)
-        return length <= 1024 * 1024 and self._read_until(length, time.monotonic() + 5.0) is not None
+        return int(raw_length) if raw_length.isdigit() else None
 
     def _read_until(self, length: int, deadline: float) -> bytes | None:
         """`length` bytes of body by `deadline`, or None (the socket timeout shrinks to what is left)."""

@@ -13,3 +13,7 @@ MAX_CONNECTIONS = 32  # handler threads at once; more connections are refused wi
 REQUEST_DEADLINE_S = 30.0  # a request, first byte to reply, and its body: a trickle cannot hold a thread
 # Idle keep-alive connections (and stalled uploads) are dropped after this, so handler threads end.
 CONNECTION_IDLE_TIMEOUT_S = 60.0
+# The body of a request refused for its key is drained, so the connection stays usable, if it is this small
+# and arrives this fast; otherwise the connection is closed.
+DRAIN_MAX_BYTES = 1024 * 1024
+DRAIN_DEADLINE_S = 5.0

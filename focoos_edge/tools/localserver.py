@@ -23,17 +23,14 @@ from datetime import datetime, timezone
 from email.message import Message
 from urllib.parse import unquote, urlsplit
 
-from focoos_edge.tools import LOCAL_SERVER_KEY_ENV, LOCAL_SERVER_PORT
+from focoos_edge.tools import LOCAL_SERVER_IM_SIZE, LOCAL_SERVER_KEY_ENV, LOCAL_SERVER_PORT
 from focoos_edge.tools.account import Quota, account_payload
 from focoos_edge.tools.apikey import KeyCheck, configured_key
 from focoos_edge.tools.aruco import MODEL_TASKS
 from focoos_edge.tools.httpserver import HttpServer, ServerStats
-from focoos_edge.tools.models import DEFAULT_MODEL_REF, MODEL_IM_SIZE, Models
+from focoos_edge.tools.models import DEFAULT_MODEL_REF, Models
 
 log = logging.getLogger(__name__)
-
-DEFAULT_PORT = LOCAL_SERVER_PORT
-API_KEY_ENV = LOCAL_SERVER_KEY_ENV
 
 
 class LocalServer:
@@ -46,9 +43,9 @@ class LocalServer:
     is what the model info says; ``quota`` meters inference (refused with 429 once used up).
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT, api_key: str | None = None,
+    def __init__(self, host: str = "127.0.0.1", port: int = LOCAL_SERVER_PORT, api_key: str | None = None,
                  latency_s: float = 0.0, models: tuple[str, ...] = tuple(MODEL_TASKS),
-                 im_size: int | list[int] = MODEL_IM_SIZE, quota: Quota | None = None) -> None:
+                 im_size: int | list[int] = LOCAL_SERVER_IM_SIZE, quota: Quota | None = None) -> None:
         if latency_s < 0:
             raise ValueError("latency_s must be >= 0")
         if not models:
@@ -167,7 +164,7 @@ def run_from_args(args: argparse.Namespace, stop_event: threading.Event) -> int:
         return 1
     if api_key is None:
         log.warning("no API key configured (--api-key or %s): keys are not checked, any non-blank key is accepted",
-                    API_KEY_ENV)
+                    LOCAL_SERVER_KEY_ENV)
     log.info("Focoos-compatible local server listening on %s (model %s)", server.url, DEFAULT_MODEL_REF)
     server.serve_forever(stop_event)
     log.info("local server stopped")

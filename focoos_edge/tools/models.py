@@ -12,13 +12,11 @@ import time
 
 import cv2
 
-from focoos_edge.tools import LOCAL_SERVER_IM_SIZE
 from focoos_edge.tools.account import Quota
 from focoos_edge.tools.aruco import CLASSES, DETECTION, MODEL_TASKS, detect_markers, new_detector
 from focoos_edge.tools.upload import decode_image, extract_form_file, parse_threshold
 
 DEFAULT_MODEL_REF = "local-aruco"
-MODEL_IM_SIZE = LOCAL_SERVER_IM_SIZE
 MODEL_DESCRIPTION = "ArUco DICT_4X4_50 marker detector (OpenCV, CPU)"
 
 
@@ -26,7 +24,7 @@ class Models:
     """The models ``refs``, all with ``im_size`` in their info and ``created_at`` as their dates."""
 
     def __init__(self, refs: tuple[str, ...], im_size: int | list[int], created_at: str, quota: Quota) -> None:
-        self._models = refs
+        self._refs = refs
         self._im_size = im_size
         self._created_at = created_at
         self._quota = quota
@@ -36,11 +34,11 @@ class Models:
         """The ``GET models/`` answer."""
         return 200, [{"ref": ref, "name": ref, "task": MODEL_TASKS.get(ref, DETECTION),
                       "status": "TRAINING_COMPLETED",
-                      "description": MODEL_DESCRIPTION, "focoos_model": ref} for ref in self._models]
+                      "description": MODEL_DESCRIPTION, "focoos_model": ref} for ref in self._refs]
 
     def info(self, ref: str) -> tuple[int, dict]:
         """The ``GET models/{ref}`` answer."""
-        if ref not in self._models:
+        if ref not in self._refs:
             return 404, {"detail": "Model not found"}
         return 200, {
             "ref": ref, "name": ref, "task": MODEL_TASKS.get(ref, DETECTION), "status": "TRAINING_COMPLETED",
@@ -58,7 +56,7 @@ class Models:
 
     def infer(self, ref: str, query: str, content_type: str, body: bytes) -> tuple[int, dict]:
         """The ``POST models/{ref}/inference`` answer: 200 with detections and latency, or an error."""
-        if ref not in self._models:
+        if ref not in self._refs:
             return 404, {"detail": "Model not found"}
         try:
             threshold = parse_threshold(query)
