@@ -29,7 +29,8 @@ from mqtt_infra import Mosquitto, MqttSubscriber  # noqa: E402
 from procs import ChildProcess, free_port, wait_for_port  # noqa: E402
 from rtsp_infra import RtspServer  # noqa: E402
 
-from focoos_edge.tools.localserver import LocalServer, extract_form_file  # noqa: E402
+from focoos_edge.tools.localserver import LocalServer  # noqa: E402
+from focoos_edge.tools.upload import extract_form_file  # noqa: E402
 
 FPS = 25
 STRIP_X, STRIP_BLOCK, STRIP_H, BITS = 192, 128, 64, 12  # frame-number blocks, in 1080p pixels

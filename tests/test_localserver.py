@@ -21,7 +21,8 @@ import requests
 from focoos_edge.cli import add_local_server_arguments
 from focoos_edge.tools.account import Quota
 from focoos_edge.tools.aruco import CLASSES, draw_markers
-from focoos_edge.tools.localserver import MAX_BODY_BYTES, LocalServer, run_from_args
+from focoos_edge.tools.limits import MAX_BODY_BYTES
+from focoos_edge.tools.localserver import LocalServer, run_from_args
 
 KEY = "local-test-key-0123"
 MODEL = "local-aruco"

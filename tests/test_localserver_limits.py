@@ -12,7 +12,7 @@ import pytest
 import requests
 from procs import free_port, wait_for_port, wait_until
 
-from focoos_edge.tools.localserver import MAX_CONNECTIONS
+from focoos_edge.tools.limits import MAX_CONNECTIONS
 
 KEY = "limits-key-0123"
 MIB = 1024 * 1024
@@ -81,10 +81,11 @@ def test_a_trickled_request_line_is_cut_by_the_deadline(monkeypatch):
     """Each recv gets a byte, so the idle timeout never fires: only the per-request deadline ends it."""
     import time
 
-    from focoos_edge.tools import localserver
+    from focoos_edge.tools import limits
+    from focoos_edge.tools.localserver import LocalServer
 
-    monkeypatch.setattr(localserver, "REQUEST_DEADLINE_S", 1.0)
-    server = localserver.LocalServer(port=0, api_key=KEY)
+    monkeypatch.setattr(limits, "REQUEST_DEADLINE_S", 1.0)
+    server = LocalServer(port=0, api_key=KEY)
     server.start()
     try:
         with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
