@@ -216,6 +216,20 @@ def test_oversized_body_is_413_without_reading_it(server):
         conn.close()
 
 
+@pytest.mark.parametrize("length", ["\u00b2", "12a", "-1", "1e3"])
+def test_a_content_length_that_is_not_ascii_digits_is_400(server, length):
+    """'²' passes str.isdigit() but not int(): it used to drop the connection without a reply."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(f"POST /v0/models/{MODEL}/inference HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY}\r\n"
+                     f"Content-Type: multipart/form-data; boundary=x\r\nContent-Length: {length}\r\n\r\n"
+                     .encode("utf-8"))
+        reply = b""
+        while chunk := sock.recv(4096):  # the server closes the connection after its reply
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 400"), reply[:80]
+    assert b"Invalid Content-Length" in reply
+
+
 def test_keep_alive_reuses_one_connection(server):
     jpeg = _frame_jpeg(MARKERS)
     with requests.Session() as session:

@@ -208,7 +208,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _content_length(self) -> int | None:
         """The declared Content-Length (0 without one); None when it is not a whole number."""
         raw_length = self.headers.get("Content-Length", "0").strip() or "0"
-        return int(raw_length) if raw_length.isdigit() else None
+        return int(raw_length) if raw_length.isascii() and raw_length.isdigit() else None  # not "²"
 
     def _read_until(self, length: int, deadline: float) -> bytes | None:
         """`length` bytes of body by `deadline`, or None (the socket timeout shrinks to what is left)."""
