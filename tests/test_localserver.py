@@ -222,7 +222,7 @@ def test_a_content_length_that_is_not_ascii_digits_is_400(server, length):
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
         sock.sendall(f"POST /v0/models/{MODEL}/inference HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY}\r\n"
                      f"Content-Type: multipart/form-data; boundary=x\r\nContent-Length: {length}\r\n\r\n"
-                     .encode())
+                     .encode("latin-1"))  # how http.server decodes header bytes
         reply = b""
         while chunk := sock.recv(4096):  # the server closes the connection after its reply
             reply += chunk
