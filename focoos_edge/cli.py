@@ -188,6 +188,9 @@ def add_local_server_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"the models' im_size in their info (default {LOCAL_SERVER_IM_SIZE})")
 
 
+LOG_LEVELS = ["debug", "info", "warning", "error"]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="focoos-edge",
@@ -195,26 +198,39 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 clean stop, 78 bad config, 1 other fatal errors. Docs: README.md.")
     parser.add_argument("--version", action="version", version=f"focoos-edge {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _daemon_commands(sub)
+    _tool_commands(sub)
+    return parser
 
-    def with_config(p):
-        p.add_argument("-c", "--config", default=DEFAULT_CONFIG,
-                       help=f"YAML config file (default {DEFAULT_CONFIG})")
-        return p
 
-    p = with_config(sub.add_parser("run", help="run the daemon in the foreground"))
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
-                   help="override the config's log_level")
+def _with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"YAML config file (default {DEFAULT_CONFIG})")
+    return p
+
+
+def _daemon_commands(sub) -> None:
+    """run, check-config, probe, reload: the commands that act on a box's config or its daemon."""
+    p = _with_config(sub.add_parser("run", help="run the daemon in the foreground"))
+    p.add_argument("--log-level", choices=LOG_LEVELS, help="override the config's log_level")
     p.set_defaults(func=cmd_run)
-    p = with_config(sub.add_parser("check-config", help="validate the config and print it, secrets redacted"))
+    p = _with_config(sub.add_parser("check-config", help="validate the config and print it, secrets redacted"))
     p.set_defaults(func=cmd_check_config)
-    p = with_config(sub.add_parser(
+    p = _with_config(sub.add_parser(
         "probe", help="open each camera (codec, size, fps, one saved JPEG), check the model and the broker"))
     p.add_argument("--camera", help="probe only this camera")
     p.add_argument("--out", default=".", help="folder for the saved JPEGs (default: current folder)")
     p.set_defaults(func=cmd_probe)
+    p = sub.add_parser("reload", help="SIGHUP the daemon and wait for its answer (the unit's ExecReload)")
+    p.add_argument("--pid", type=int, required=True, help="the daemon's process id ($MAINPID)")
+    p.add_argument("--timeout", type=float, default=75.0, help="seconds to wait for the answer (default 75)")
+    p.set_defaults(func=cmd_reload)
+
+
+def _tool_commands(sub) -> None:
+    """local-server, demo, schema, schemas: tools that need no box."""
     p = sub.add_parser("local-server", help="a Focoos-compatible inference server with a CPU ArUco detector")
     add_local_server_arguments(p)
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-level", choices=LOG_LEVELS)
     p.set_defaults(func=cmd_local_server)
     p = sub.add_parser("demo", help="the whole pipeline on this machine: no camera, no cloud account")
     p.add_argument("--seconds", type=float, default=0,
@@ -222,18 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", help="folder for the demo clip, config and state (default: a temp folder)")
     p.add_argument("--mqtt-port", type=int, default=0,
                    help="use the broker on 127.0.0.1:PORT instead of starting one")
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-level", choices=LOG_LEVELS)
     p.set_defaults(func=cmd_demo)
-    p = sub.add_parser("reload", help="SIGHUP the daemon and wait for its answer (the unit's ExecReload)")
-    p.add_argument("--pid", type=int, required=True, help="the daemon's process id ($MAINPID)")
-    p.add_argument("--timeout", type=float, default=75.0, help="seconds to wait for the answer (default 75)")
-    p.set_defaults(func=cmd_reload)
     p = sub.add_parser("schema", help="print the JSON Schema of the config file")
     p.set_defaults(func=cmd_schema)
     p = sub.add_parser("schemas", help="print the JSON Schemas of the MQTT payloads (all, or one by name)")
     p.add_argument("name", nargs="?", help="detections, camera_state, inference_state, stats, availability, ...")
     p.set_defaults(func=cmd_schemas)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
