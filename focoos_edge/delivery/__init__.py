@@ -2,6 +2,10 @@
 the broker), the MQTT publisher that deletes an outbox row only on its PUBACK, topics, payloads and
 their JSON Schemas."""
 
+from focoos_edge.delivery.clients import (
+    check_broker,
+    subscribe,
+)
 from focoos_edge.delivery.contract import (
     count_topic,
     label_level,
@@ -23,13 +27,13 @@ from focoos_edge.delivery.publisher import (
     MqttSettings,
     Publisher,
     TlsConfigError,
-    check_broker,
-    subscribe,
 )
 from focoos_edge.delivery.spool import (
     Spool,
-    SpooledFrame,
     SpoolError,
+)
+from focoos_edge.delivery.spool_items import (
+    SpooledFrame,
 )
 
 __all__ = [

@@ -28,37 +28,16 @@ import threading
 import time
 import zlib
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 from focoos_edge.capture import FrameJob
 from focoos_edge.delivery.spool_files import DB_SUFFIXES, Budget, ReserveFile, connect, quarantine
+from focoos_edge.delivery.spool_items import OutboxMessage, SpooledFrame
 
 log = logging.getLogger(__name__)
 
 class SpoolError(RuntimeError):
     """An item could not be stored (disk full even after evicting, or an I/O error)."""
-
-
-@dataclass(frozen=True)
-class SpooledFrame:
-    """A frame taken from the spool for an inference attempt."""
-
-    row_id: int
-    job: FrameJob
-    attempts: int
-
-
-@dataclass(frozen=True)
-class OutboxMessage:
-    """A message waiting for its PUBACK."""
-
-    row_id: int
-    camera: str
-    topic: str
-    qos: int
-    retain: bool
-    payload: bytes
 
 
 def _crc(data: bytes) -> int:
