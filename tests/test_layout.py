@@ -18,7 +18,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "focoos_edge"
 # The public face of each stage package (its __all__).
 FACES: dict[str, set[str]] = {
     "capture": {
-        "CameraWorker", "CaptureOpenError", "CaptureSettings", "DEFAULT_IM_SIZE", "EncoderUnavailableError",
+        "CameraSnapshot", "CameraWorker", "CaptureOpenError", "CaptureSettings", "DEFAULT_IM_SIZE",
+        "EncoderUnavailableError",
         "FrameJob", "FramePrep", "JpegEncoder", "ModelImSize", "ScaledFrame", "open_capture",
         "resize_to_max_side",
     },
@@ -32,24 +33,24 @@ FACES: dict[str, set[str]] = {
         "class_warnings", "config_json_schema", "label_references", "load_config",
     },
     "delivery": {
-        "MqttSettings", "PAYLOAD_VERSION", "Publisher", "Spool", "SpoolError", "SpooledFrame",
-        "TlsConfigError", "Topics", "camera_state_payload", "check_broker", "count_topic", "detection_dict",
-        "detections_payload", "dumps", "inference_state_payload", "iso_utc", "iso_utc_ns", "keeps",
-        "label_level", "snapshot_topic", "subscribe",
+        "MqttSettings", "PAYLOAD_VERSION", "Publisher", "PublisherSnapshot", "QueueSnapshot", "Spool", "SpoolError",
+        "SpoolSnapshot", "SpooledFrame", "TlsConfigError", "Topics", "camera_state_payload", "check_broker",
+        "count_topic", "detection_dict", "detections_payload", "dumps", "inference_state_payload", "iso_utc",
+        "iso_utc_ns", "keeps", "label_level", "snapshot_topic", "subscribe",
     },
     "inference": {
         "AuthError", "CameraRoute", "Delivery", "Detection", "FocoosClient", "FocoosError",
         "InferenceHealth", "InferenceResult", "LiveQueue", "ModelInfo", "ModelNotFoundError", "QuotaWatch",
-        "Uplink", "scale_detections", "trace_masks",
+        "Uplink", "UplinkCameraSnapshot", "UplinkSnapshot", "scale_detections", "trace_masks",
     },
     "results": {
-        "Results",
+        "EventFigures", "Results", "ResultsCameraSnapshot", "ResultsSnapshot",
     },
     "service": {
         "Daemon", "StateDirError", "capture_settings", "mqtt_settings", "request_reload", "setup_logging",
     },
     "subscribers": {
-        "SubscriberFeatures",
+        "FeaturesSnapshot", "SubscriberFeatures",
     },
     "tools": {
         "LOCAL_SERVER_IM_SIZE", "LOCAL_SERVER_KEY_ENV", "LOCAL_SERVER_PORT",

@@ -20,6 +20,7 @@ from focoos_edge.capture.turbo import (
     EncoderUnavailableError,
 )
 from focoos_edge.capture.worker import (
+    CameraSnapshot,
     CameraWorker,
     CaptureOpenError,
     CaptureSettings,
@@ -27,6 +28,7 @@ from focoos_edge.capture.worker import (
 )
 
 __all__ = [
-    "CameraWorker", "CaptureOpenError", "CaptureSettings", "DEFAULT_IM_SIZE", "EncoderUnavailableError",
-    "FrameJob", "FramePrep", "JpegEncoder", "ModelImSize", "ScaledFrame", "open_capture", "resize_to_max_side",
+    "CameraSnapshot", "CameraWorker", "CaptureOpenError", "CaptureSettings", "DEFAULT_IM_SIZE",
+    "EncoderUnavailableError", "FrameJob", "FramePrep", "JpegEncoder", "ModelImSize", "ScaledFrame", "open_capture",
+    "resize_to_max_side",
 ]

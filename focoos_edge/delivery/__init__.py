@@ -26,6 +26,7 @@ from focoos_edge.delivery.messages import (
 from focoos_edge.delivery.publisher import (
     MqttSettings,
     Publisher,
+    PublisherSnapshot,
     TlsConfigError,
 )
 from focoos_edge.delivery.spool import (
@@ -33,12 +34,14 @@ from focoos_edge.delivery.spool import (
     SpoolError,
 )
 from focoos_edge.delivery.spool_items import (
+    QueueSnapshot,
     SpooledFrame,
+    SpoolSnapshot,
 )
 
 __all__ = [
-    "MqttSettings", "PAYLOAD_VERSION", "Publisher", "Spool", "SpoolError", "SpooledFrame", "TlsConfigError",
-    "Topics", "camera_state_payload", "check_broker", "count_topic", "detection_dict", "detections_payload",
-    "dumps", "inference_state_payload", "iso_utc", "iso_utc_ns", "keeps", "label_level", "snapshot_topic",
-    "subscribe",
+    "MqttSettings", "PAYLOAD_VERSION", "Publisher", "PublisherSnapshot", "QueueSnapshot", "Spool", "SpoolError",
+    "SpoolSnapshot", "SpooledFrame", "TlsConfigError", "Topics", "camera_state_payload", "check_broker",
+    "count_topic", "detection_dict", "detections_payload", "dumps", "inference_state_payload", "iso_utc",
+    "iso_utc_ns", "keeps", "label_level", "snapshot_topic", "subscribe",
 ]

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from focoos_edge.capture import FrameJob
 from focoos_edge.delivery.spool_files import DB_SUFFIXES, Budget, ReserveFile, connect, quarantine
-from focoos_edge.delivery.spool_items import OutboxMessage, SpooledFrame
+from focoos_edge.delivery.spool_items import OutboxMessage, QueueSnapshot, SpooledFrame, SpoolSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -369,6 +369,19 @@ class Spool:
                        "oldest_age_s": round((now - o[1]) / 1e9, 1) if o[1] else None},
             "disk_bytes": self.disk_bytes(), "max_bytes": self.budget.max_bytes, "disk_full": self.disk_full,
         }
+
+    def snapshot(self) -> SpoolSnapshot:
+        """Depth, bytes and oldest age of each table, what waits per camera, the evictions and the
+        on-disk size, read together under the lock."""
+        now = self._clock_ns()
+        with self._lock:
+            f = self._db.execute("SELECT COUNT(*), MIN(captured_at_ns) FROM frames").fetchone()
+            o = self._db.execute("SELECT COUNT(*), MIN(created_at_ns) FROM outbox").fetchone()
+            return SpoolSnapshot(
+                frames=QueueSnapshot(f[0], self._frame_bytes, round((now - f[1]) / 1e9, 1) if f[1] else None),
+                outbox=QueueSnapshot(o[0], self._outbox_bytes, round((now - o[1]) / 1e9, 1) if o[1] else None),
+                disk_bytes=self.disk_bytes(), max_bytes=self.budget.max_bytes, disk_full=self.disk_full,
+                pending=self.pending(), evicted=dict(self.evicted))
 
     def disk_bytes(self) -> int:
         """Bytes the spool's files take on disk now."""

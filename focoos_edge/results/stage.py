@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from focoos_edge.capture import FrameJob
 from focoos_edge.config import CameraConfig, Config
@@ -34,6 +35,31 @@ def events_key(camera: str) -> str:
     """The outbox's camera column for a camera's events: not a camera name (those have no '/'),
     so events stay out of the per-frame accounting (one frame -> one detections message)."""
     return f"{camera}/events"
+
+
+@dataclass(frozen=True)
+class EventFigures:
+    """A camera's events now: open ones, results held for an earlier frame, results too late to be tracked."""
+
+    open: int
+    held_for_order: int
+    late: int
+
+
+@dataclass(frozen=True)
+class ResultsCameraSnapshot:
+    """One camera's figures in the results stage."""
+
+    events: EventFigures | None = None  # None: the camera is not (or no longer) in the config
+    errors: Mapping[str, int] = field(default_factory=dict)  # problems found in its results, by reason
+    dead_lettered: Mapping[str, int] = field(default_factory=dict)  # results that could not be stored
+
+
+@dataclass(frozen=True)
+class ResultsSnapshot:
+    """The results stage's figures at one moment (`Results.snapshot`), per camera."""
+
+    cameras: Mapping[str, ResultsCameraSnapshot]
 
 
 @dataclass(frozen=True)
@@ -60,6 +86,7 @@ class Results:
         self._state: dict[str, CameraResults] = {}
         self.store = OpenEventStore(config.state_dir)
         self.events_published = 0
+        self._figures = threading.Lock()  # guards the two counters below (any uplink thread writes them)
         self._errors: defaultdict[str, Counter] = defaultdict(Counter)  # per camera, by reason
         self._lost: defaultdict[str, Counter] = defaultdict(Counter)  # dead-lettered, per camera
         self._end_previous_run()
@@ -116,6 +143,21 @@ class Results:
             return {"open": sum(len(t.open_events()) for t in (state.live, state.replay) if t),
                     "held_for_order": state.reorder.pending(), "late": state.reorder.late}
 
+    def snapshot(self) -> ResultsSnapshot:
+        """Per camera: its events (read under the camera's lock), the problems found in its results and
+        the results that could not be stored (under the stage's)."""
+        events = {}
+        for name, state in list(self._state.items()):
+            with state.lock:
+                events[name] = EventFigures(
+                    open=sum(len(t.open_events()) for t in (state.live, state.replay) if t),
+                    held_for_order=state.reorder.pending(), late=state.reorder.late)
+        with self._figures:
+            errors = {camera: dict(reasons) for camera, reasons in self._errors.items()}
+            lost = {camera: dict(reasons) for camera, reasons in self._lost.items()}
+        return ResultsSnapshot({name: ResultsCameraSnapshot(events.get(name), errors.get(name, {}), lost.get(name, {}))
+                                for name in {**events, **errors, **lost}})
+
     def held(self) -> dict[str, int]:
         """Results waiting in the reorder buffers, per camera (pending in the accounting)."""
         return {name: s.reorder.pending() for name, s in list(self._state.items())}
@@ -147,7 +189,8 @@ class Results:
                              upload_w=math.ceil(job.width * job.scale), upload_h=math.ceil(job.height * job.scale))
         mapped = scale_detections(traced, job)
         if broken := sum(1 for d in mapped if d.broken):  # kept without the unusable mask/keypoints
-            self._errors[job.camera]["malformed_mask"] += broken
+            with self._figures:
+                self._errors[job.camera]["malformed_mask"] += broken
         scaled = [d for d in mapped if keeps(d.label, d.conf, cam.labels if cam else None, threshold,
                                              cam.thresholds if cam else None)]
         return apply_filters(scaled, cam.filters, job.width, job.height) if cam else scaled
@@ -202,7 +245,8 @@ class Results:
         if delivery.frame_row is not None:
             self.spool.release_frame(delivery.frame_row, attempted=False)  # retried later
         else:
-            self._lost[job.camera]["spool_error"] += 1
+            with self._figures:
+                self._lost[job.camera]["spool_error"] += 1
 
     def _payload(self, item: _Item, entries: list[dict], replayed: bool) -> dict:
         job, result, delivery = item.job, item.result, item.delivery
