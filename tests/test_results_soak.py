@@ -17,7 +17,7 @@ from focoos_edge.delivery.publisher import Publisher
 from focoos_edge.delivery.spool import Spool
 from focoos_edge.inference.live import Delivery
 from focoos_edge.inference.parse import Detection, InferenceResult
-from focoos_edge.results import Results
+from focoos_edge.results import EventFigures, Results
 from focoos_edge.service.daemon import mqtt_settings
 from focoos_edge.subscribers.features import SubscriberFeatures
 
@@ -96,7 +96,8 @@ def test_thousand_events_paired_ordered_and_memory_flat(mosquitto, mqtt_sub, tmp
     ends = [e["last_seen_at"] for e in events if e["type"] == "end"]
     assert ends == sorted(ends)  # ordered per camera although results came out of order
     assert {tuple(e["entered_zones"]) for e in events if e["label"] == "person"} == {("left",)}
-    assert results.stats("cam")["late"] == 0 and results.stats("cam")["open"] == 0
+    figures = results.snapshot().cameras["cam"]
+    assert figures.events == EventFigures(open=0, held_for_order=0, late=0) and not figures.dead_lettered
 
 
 def test_reload_removal_clean_stop_and_crash_end_every_event(mosquitto, mqtt_sub, tmp_path):

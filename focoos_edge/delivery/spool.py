@@ -356,20 +356,6 @@ class Spool:
                     out.setdefault(camera, {"frames": 0, "outbox": 0})[table] = n
             return out
 
-    def stats(self) -> dict:
-        """Depth, bytes and oldest age of each queue, and the on-disk size."""
-        now = self._clock_ns()
-        with self._lock:
-            f = self._db.execute("SELECT COUNT(*), MIN(captured_at_ns) FROM frames").fetchone()
-            o = self._db.execute("SELECT COUNT(*), MIN(created_at_ns) FROM outbox").fetchone()
-        return {
-            "frames": {"count": f[0], "bytes": self._frame_bytes,
-                       "oldest_age_s": round((now - f[1]) / 1e9, 1) if f[1] else None},
-            "outbox": {"count": o[0], "bytes": self._outbox_bytes,
-                       "oldest_age_s": round((now - o[1]) / 1e9, 1) if o[1] else None},
-            "disk_bytes": self.disk_bytes(), "max_bytes": self.budget.max_bytes, "disk_full": self.disk_full,
-        }
-
     def snapshot(self) -> SpoolSnapshot:
         """Depth, bytes and oldest age of each table, what waits per camera, the evictions and the
         on-disk size, read together under the lock."""

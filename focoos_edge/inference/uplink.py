@@ -94,11 +94,6 @@ class Uplink:
         with self._lock:
             return sum(self.in_flight.values())
 
-    def in_flight_snapshot(self) -> dict[str, int]:
-        """Frames being processed now, per camera."""
-        with self._lock:
-            return dict(self.in_flight)
-
     def snapshot(self) -> UplinkSnapshot:
         """The inference figures: each camera's counters and the frames in flight read together under
         the lock they are written under, then the live queue's (under its own)."""

@@ -73,7 +73,7 @@ class _Item:
 class Results:
     """Turns inference results into published messages; `handle` is called from uplink threads.
 
-    A result that could not be stored is dead-lettered and counted here (`dead_lettered(camera)`)."""
+    A live result that could not be stored is dead-lettered and counted here (`snapshot()`)."""
 
     def __init__(self, config: Config, topics: Topics, publisher: Publisher, spool: Spool,
                  features: SubscriberFeatures):
@@ -134,15 +134,6 @@ class Results:
             with state.lock:
                 state.reorder.forget(job.captured_at_ns)
 
-    def stats(self, camera: str) -> dict:
-        """Per-camera figures for the stats message."""
-        state = self._state.get(camera)
-        if state is None:
-            return {}
-        with state.lock:
-            return {"open": sum(len(t.open_events()) for t in (state.live, state.replay) if t),
-                    "held_for_order": state.reorder.pending(), "late": state.reorder.late}
-
     def snapshot(self) -> ResultsSnapshot:
         """Per camera: its events (read under the camera's lock), the problems found in its results and
         the results that could not be stored (under the stage's)."""
@@ -157,10 +148,6 @@ class Results:
             lost = {camera: dict(reasons) for camera, reasons in self._lost.items()}
         return ResultsSnapshot({name: ResultsCameraSnapshot(events.get(name), errors.get(name, {}), lost.get(name, {}))
                                 for name in {**events, **errors, **lost}})
-
-    def held(self) -> dict[str, int]:
-        """Results waiting in the reorder buffers, per camera (pending in the accounting)."""
-        return {name: s.reorder.pending() for name, s in list(self._state.items())}
 
     # -- per result -------------------------------------------------------------------------
     def handle(self, job: FrameJob, result: InferenceResult, delivery: Delivery) -> None:
@@ -194,14 +181,6 @@ class Results:
         scaled = [d for d in mapped if keeps(d.label, d.conf, cam.labels if cam else None, threshold,
                                              cam.thresholds if cam else None)]
         return apply_filters(scaled, cam.filters, job.width, job.height) if cam else scaled
-
-    def dead_lettered(self) -> dict[str, dict[str, int]]:
-        """Results that could not be stored (and had no spool row to go back to), per camera and reason."""
-        return {camera: dict(reasons) for camera, reasons in list(self._lost.items())}
-
-    def errors(self, camera: str) -> dict[str, int]:
-        """Problems found in this camera's results, by reason (`malformed_mask`)."""
-        return dict(self._errors.get(camera, {}))
 
     def _process(self, state: CameraResults | None, item: _Item, tracker: Tracker | None) -> None:
         job, delivery = item.job, item.delivery

@@ -88,12 +88,6 @@ class SubscriberFeatures:
         with self._lock:
             return FeaturesSnapshot({camera: t.labels_dropped for camera, t in self._counts.items()})
 
-    def labels_dropped(self, camera: str) -> int:
-        """Detections of `camera` not counted: their label came after the per-camera cap."""
-        with self._lock:
-            tracker = self._counts.get(camera)
-            return tracker.labels_dropped if tracker else 0
-
     def _publish_counts(self, changes: list[tuple[str, int]]) -> None:
         for topic, count in changes:
             self.publisher.publish(topic, str(count).encode(), qos=1, retain=True)
