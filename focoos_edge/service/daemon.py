@@ -227,7 +227,7 @@ class Daemon:
             return None
         meter = CpuMeter()  # its own: scrapes must not shorten the stats topic's CPU window
         try:
-            server = MetricsServer(m.host, m.port, lambda: self.stats(cpu=meter),
+            server = MetricsServer(m.host, m.port, lambda: self.snapshot(cpu=meter),
                                    lambda: stalled(self.heartbeats())).start()
         except OSError as exc:
             log.error("metrics: cannot listen on %s:%d: %s; continuing without", m.host, m.port, exc)
