@@ -43,7 +43,7 @@ def build(tmp_path, port: int) -> tuple[Results, Publisher, Spool, threading.Eve
     stop = threading.Event()
     publisher.start(stop)
     assert publisher.connected.wait(10)
-    results = Results(config, topics, publisher, spool, SubscriberFeatures(config, topics, publisher))
+    results = Results(config, topics, publisher, SubscriberFeatures(config, topics, publisher))
     return results, publisher, spool, stop
 
 
@@ -116,7 +116,7 @@ def test_reload_removal_clean_stop_and_crash_end_every_event(mosquitto, mqtt_sub
             replay = FrameJob(**{**job.__dict__, "frame_id": f"cam-r{i}", "captured_at_ns": job.captured_at_ns + i})
             results.handle(replay, InferenceResult((A,), {}, 0.01), Delivery(replayed=True, frame_row=None))
         # A crash: no close(); a new stage on the same state_dir ends what was left open.
-        Results(config, results.topics, publisher, spool, results.features).close()
+        Results(config, results.topics, publisher, results.features).close()
         got = sub.wait_count("focoos/box1/cam/events", 2 * 5, 30)
     finally:
         stop.set()

@@ -9,14 +9,21 @@ Guarantees (see docs/reliability.md):
   `synchronous=FULL` (the WAL is fsynced on every commit, so it survives power loss on storage that
   honours flushes, and `kill -9` always);
 - a result replaces its frame atomically: the outbox row is inserted and the frame row deleted in one
-  transaction, so a crash leaves one or the other, never neither;
+  transaction, so a crash leaves one or the other, never neither (`put_message(done_frame=)`);
 - every byte budget has a policy and a counter: oldest frames are evicted first, messages only when
   their own budget is full, and each eviction is counted per camera and reason;
 - the files on disk stay within `max_bytes`: `max_page_count` caps the database file, and the WAL is
   checkpointed and truncated at a fixed size.
 Rows carry a CRC32 of their blob; a row that fails it is deleted and counted as corrupt. A database
 SQLite cannot open or check is moved aside at start, never crash-looped on. The schema, the
-settings and budget that bound the files, the reserve file and the quarantine are in spool_disk.py.
+settings and budget that bound the files, the reserve file and the quarantine are in spool_files.py.
+
+Leases: `take_frame` leases a frame to one inference attempt (a leased frame is neither handed out
+again nor evicted). The uplink (inference/uplink.py) alone takes, gives back (`release_frame`) and
+drops (`drop_frame`) leases. The one lease that ends elsewhere is the one whose result is stored:
+`put_message(done_frame=row)`, reached through the publisher's `publish_durable`, deletes the frame
+row in the outbox insert's transaction and discards the lease with it. That consumption stays here,
+inside one transaction, because it is what makes the hand-over atomic.
 """
 
 from __future__ import annotations
@@ -249,7 +256,8 @@ class Spool:
         return row[0]
 
     def release_frame(self, row_id: int, attempted: bool = True) -> None:
-        """Give a leased frame back (the attempt failed); it stays in the spool."""
+        """Give a leased frame back (the attempt failed, or its result could not be stored); it stays
+        in the spool. `attempted`: count it against the frame's attempts."""
         with self._lock:
             self._leased.discard(row_id)
             self.frames_generation += 1
@@ -268,7 +276,8 @@ class Spool:
     # -- outbox ------------------------------------------------------------------------------
     def put_message(self, camera: str, topic: str, payload: bytes, qos: int, retain: bool = False,
                     done_frame: int | None = None) -> int:
-        """Store a message durably; if `done_frame` is set, delete that frame in the same transaction."""
+        """Store a message durably; if `done_frame` is set, delete that (leased) frame in the same
+        transaction and end its lease: the result replaces its frame atomically."""
         size = len(payload) + len(topic)
 
         def insert(db: sqlite3.Connection) -> int:

@@ -75,9 +75,11 @@ class CameraRoute:
 class Delivery:
     """How a result's frame travelled: `replayed` when it waited in the spool (row `frame_row`).
 
-    The result handler sets `stored` once the detections message is committed to the outbox: from
-    then on the frame is accounted for there, so an error after it (counts, snapshot) must not
-    dead-letter it as well."""
+    The result handler sets `stored` once the detections message is committed to the outbox (with
+    the frame row deleted in that transaction): from then on the frame is accounted for there, so an
+    error after it (counts, snapshot) must not dead-letter it as well. A replayed result is handled
+    before the handler returns; if `stored` is still unset then, the uplink gives the frame back to
+    the spool (only live results, which have no row, may be handled later by another thread)."""
 
     replayed: bool
     frame_row: int | None

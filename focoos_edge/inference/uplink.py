@@ -5,6 +5,11 @@ one arrives the older one moves to the on-disk spool, so a slow uplink never mak
 stale frames live, and loses none. A circuit breaker stops hammering an API that is down; an auth or
 unknown-model error pauses uploads (one probe per interval) instead of retrying in a loop. Frames
 that cannot be sent now wait in the spool and are replayed, oldest first, with spare capacity.
+
+Spool leases are taken, given back and dropped here only (`take_frame`, `release_frame`,
+`drop_frame`; tests/test_layout.py checks it). The one other way a lease ends is the hand-over
+itself: the results stage stores the detections message with `done_frame=` the frame's row, and
+the spool deletes that row in the outbox insert's transaction.
 """
 
 from __future__ import annotations
@@ -283,16 +288,27 @@ class Uplink:
         try:
             self._on_result(job, result, delivery)
         except Exception as exc:
-            why = f"{type(exc).__name__}: {str(exc)[:200]}"  # a hostile label could make it huge
-            if delivery.stored.is_set():  # the message is in the outbox: only an extra failed
-                with self._counting(job.camera) as counters:
-                    counters.errors["result_error"] += 1
-                log.error("camera %s: frame %s: handling its result failed after it was stored (%s)",
-                          job.camera, job.frame_id, why, exc_info=log.isEnabledFor(logging.DEBUG))
-                return
-            log.error("camera %s: frame %s: its result could not be handled (%s)", job.camera, job.frame_id,
-                      why, exc_info=log.isEnabledFor(logging.DEBUG))
-            self._dead_letter(job, spooled, "result_error")
+            self._result_failed(job, spooled, delivery, exc)
+            return
+        if spooled is not None and not delivery.stored.is_set():
+            # Handled, not stored (the outbox refused it): the frame waits in the spool for a later
+            # attempt. A replayed result is handled before on_result returns, so `stored` is final.
+            self.spool.release_frame(spooled.row_id, attempted=False)
+
+    def _result_failed(self, job: FrameJob, spooled: SpooledFrame | None, delivery: Delivery,
+                       exc: Exception) -> None:
+        """`on_result` raised: after the message was stored only an extra failed (counted); before,
+        the frame is dead-lettered."""
+        why = f"{type(exc).__name__}: {str(exc)[:200]}"  # a hostile label could make it huge
+        if delivery.stored.is_set():  # the message is in the outbox: only an extra failed
+            with self._counting(job.camera) as counters:
+                counters.errors["result_error"] += 1
+            log.error("camera %s: frame %s: handling its result failed after it was stored (%s)",
+                      job.camera, job.frame_id, why, exc_info=exc if log.isEnabledFor(logging.DEBUG) else None)
+            return
+        log.error("camera %s: frame %s: its result could not be handled (%s)", job.camera, job.frame_id,
+                  why, exc_info=exc if log.isEnabledFor(logging.DEBUG) else None)
+        self._dead_letter(job, spooled, "result_error")
 
     def _note_clamped(self, camera: str, clamped: dict[str, int]) -> None:
         for reason, n in clamped.items():

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from focoos_edge.capture import FrameJob
 from focoos_edge.config import CameraConfig, Config
-from focoos_edge.delivery import Publisher, Spool, SpoolError, Topics, detections_payload, keeps
+from focoos_edge.delivery import Publisher, SpoolError, Topics, detections_payload, keeps
 from focoos_edge.inference import Delivery, Detection, InferenceResult, scale_detections, trace_masks
 from focoos_edge.results.camera import CameraResults
 from focoos_edge.results.filters import apply_filters
@@ -73,13 +73,14 @@ class _Item:
 class Results:
     """Turns inference results into published messages; `handle` is called from uplink threads.
 
-    A live result that could not be stored is dead-lettered and counted here (`snapshot()`)."""
+    The stage never touches the spool's leases: a replayed result is handled before `handle`
+    returns, and when it could not be stored (`delivery.stored` unset) the uplink gives its frame
+    back to the spool. A live result that could not be stored has no frame left anywhere: it is
+    dead-lettered and counted here (`snapshot()`)."""
 
-    def __init__(self, config: Config, topics: Topics, publisher: Publisher, spool: Spool,
-                 features: SubscriberFeatures):
+    def __init__(self, config: Config, topics: Topics, publisher: Publisher, features: SubscriberFeatures):
         self.topics = topics
         self.publisher = publisher
-        self.spool = spool
         self.features = features
         self.config = config
         self.cameras: dict[str, CameraConfig] = {}
@@ -220,12 +221,13 @@ class Results:
         return ids, events
 
     def _not_stored(self, job: FrameJob, delivery: Delivery, exc: SpoolError) -> None:
+        if delivery.frame_row is not None:  # still in the spool: the uplink gives it back, retried later
+            log.error("camera %s: result of frame %s not stored (%s); its frame stays in the spool",
+                      job.camera, job.frame_id, exc)
+            return
         log.error("camera %s: result of frame %s not stored: %s", job.camera, job.frame_id, exc)
-        if delivery.frame_row is not None:
-            self.spool.release_frame(delivery.frame_row, attempted=False)  # retried later
-        else:
-            with self._figures:
-                self._lost[job.camera]["spool_error"] += 1
+        with self._figures:
+            self._lost[job.camera]["spool_error"] += 1
 
     def _payload(self, item: _Item, entries: list[dict], replayed: bool) -> dict:
         job, result, delivery = item.job, item.result, item.delivery

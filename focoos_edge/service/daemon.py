@@ -93,7 +93,7 @@ class Daemon:
         self.im_size = ModelImSize()  # learnt from the model info; sizes the uploads of max_side: auto
         self.config_warnings: list[str] = []  # labels naming classes the model lacks
         self._upload_sides: dict[str, int] = {}  # logged upload size per camera
-        self.results = Results(config, self.topics, self.publisher, self.spool, self.features)
+        self.results = Results(config, self.topics, self.publisher, self.features)
         self.uplink = self._make_uplink(config, stop)
         self.workers: dict[str, CameraWorker] = {}
         self.metrics: MetricsServer | None = None
