@@ -122,3 +122,28 @@ def test_packages_depend_in_one_direction() -> None:
             if other != me and LAYERS.index(other) > LAYERS.index(me):
                 bad.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {me} imports {other}")
     assert not bad
+
+
+LEASE_CALLS = {"take_frame", "release_frame", "drop_frame"}
+
+
+def _calls(path: Path):
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            yield node
+
+
+def test_only_the_uplink_takes_gives_back_or_drops_spool_leases() -> None:
+    """A lease is taken and ended in one module. The one other end of a lease is its consumption with
+    the result's outbox row (`done_frame=`, one transaction in the spool), which the results stage
+    asks for when it stores a detections message."""
+    lease_calls: dict[str, set[str]] = {}
+    done_frame: set[str] = set()
+    for path in _modules():
+        for call in _calls(path):
+            if call.func.attr in LEASE_CALLS:  # type: ignore[attr-defined]
+                lease_calls.setdefault(str(path.relative_to(PACKAGE)), set()).add(call.func.attr)  # type: ignore[attr-defined]
+            if any(keyword.arg == "done_frame" for keyword in call.keywords):
+                done_frame.add(str(path.relative_to(PACKAGE)))
+    assert lease_calls == {"inference/uplink.py": LEASE_CALLS}
+    assert done_frame == {"results/stage.py"}
