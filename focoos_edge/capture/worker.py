@@ -139,7 +139,7 @@ class Sampler:
 
 @dataclass
 class CameraCounters:
-    """Monotonic counters of one camera (read by the stats loop)."""
+    """Monotonic counters of one camera, written by its thread (read through `CameraWorker.snapshot`)."""
 
     grabbed: int = 0
     sampled: int = 0

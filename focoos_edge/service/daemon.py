@@ -360,10 +360,10 @@ class Daemon:
         return assemble(Parts(
             device_id=self.config.device_id, at_s=time.time(), uptime_s=time.monotonic() - self.started_mono,
             cpu_percent=(cpu or self.cpu).percent(), rss_bytes=rss_bytes(),
-            workers={name: w.snapshot() for name, w in self.workers.items()}, uplink=self.uplink.snapshot(),
-            results=self.results.snapshot(), spool=self.spool.snapshot(), publisher=self.publisher.snapshot(),
-            control=self.control.snapshot(), features=self.features.snapshot(),
-            retired_sampled=self.retired_sampled, recovered=self.recovered,
+            workers={name: w.snapshot() for name, w in list(self.workers.items())},  # a reload may change them
+            uplink=self.uplink.snapshot(), results=self.results.snapshot(), spool=self.spool.snapshot(),
+            publisher=self.publisher.snapshot(), control=self.control.snapshot(), features=self.features.snapshot(),
+            retired_sampled=Counter(self.retired_sampled), recovered=Counter(self.recovered),
             main_restarts={self.main_loop.name: self.main_loop.restarts}))
 
     def stats(self, cpu: CpuMeter | None = None) -> dict:
