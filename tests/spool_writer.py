@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve()
@@ -215,8 +215,8 @@ def _diskfull(directory: str) -> None:
     _attempt(report, "put_frame_after_free", lambda: spool.put_frame(make_job("cam", "after", b"\xff" * 20000)))
     _attempt(report, "put_message_after_free", lambda: spool.put_message("cam", "t", b"after", qos=1))
     report["disk_full_flag_after_free"] = spool.disk_full
-    stats = spool.stats()
-    report["stats"] = {"frames": stats["frames"], "outbox": stats["outbox"]}
+    stats = spool.snapshot()
+    report["stats"] = {"frames": asdict(stats.frames), "outbox": asdict(stats.outbox)}
     report["evicted"] = {f"{cam}/{why}": n for (cam, why), n in spool.evicted.items()}
     spool.close()
     report["integrity"], report["sum_bytes"] = integrity_and_sums(d / "spool.db")
@@ -328,9 +328,9 @@ def check_reopened(db_path: Path) -> list[str]:
         check, sums = integrity_and_sums(db_path)
         if check != "ok":
             bad.append(f"integrity_check: {check}")
-        stats = spool.stats()
-        if [stats["frames"]["bytes"], stats["outbox"]["bytes"]] != sums:
-            bad.append(f"byte counters {stats['frames']['bytes']}/{stats['outbox']['bytes']} != SUM(bytes) {sums}")
+        stats = spool.snapshot()
+        if [stats.frames.bytes, stats.outbox.bytes] != sums:
+            bad.append(f"byte counters {stats.frames.bytes}/{stats.outbox.bytes} != SUM(bytes) {sums}")
         bad += _liveness(spool)
     finally:
         spool.close()

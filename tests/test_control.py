@@ -74,3 +74,20 @@ def test_detect_off_pauses_one_camera_and_survives_a_restart(marker_clip, mosqui
         pub(mosquitto.port, f"{TOPIC}/a/detect/set", "ON")
         stats_after(sub, sub.count, daemon, lambda c: c["a"]["uploaded"] >= 2, "a uploading again")
         stop_daemon(daemon, sub)
+
+
+def test_the_snapshot_reads_each_switch_as_state_does_and_creates_no_flag(tmp_path):
+    """A camera known only from the spool (no worker, so no flag yet) is OFF when the persisted
+    setting says so, as `state()` would report it; reading the figures must not create its flag."""
+    from focoos_edge.delivery import Topics
+    from focoos_edge.service.control import DetectControl
+
+    (tmp_path / "detect.json").write_text('{"v": 1, "off": ["a", "z"]}')
+    control = DetectControl(tmp_path, Topics("focoos", "box1"), None, enabled=True)  # type: ignore[arg-type]
+    control.paused("a")
+    control.paused("b").set()  # switched OFF while running
+    control.paused("c")
+    snapshot = control.snapshot()
+    assert snapshot.off == {"a", "b", "z"}
+    assert set(control._paused) == {"a", "b", "c"}, "the snapshot created a flag"
+    assert [snapshot.detect(c) for c in "abcz"] == ["OFF", "OFF", "ON", "OFF"] == [control.state(c) for c in "abcz"]

@@ -134,7 +134,7 @@ def test_a_result_that_raises_is_dead_lettered_and_the_workers_go_on(tmp_path):
             assert counters.dead_lettered == {"result_error": 3}, counters.dead_lettered
             assert counters.errors == {"result_error": 1}, counters.errors
             assert spool.pending().get("cam", {}).get("frames", 0) == 0
-            assert spool.stats()["frames"]["count"] == 0
+            assert spool.snapshot().frames.count == 0
         finally:
             stop.set()
             uplink.join(5)

@@ -18,8 +18,9 @@ PACKAGE = Path(__file__).resolve().parent.parent / "focoos_edge"
 # The public face of each stage package (its __all__).
 FACES: dict[str, set[str]] = {
     "capture": {
-        "CameraWorker", "CaptureOpenError", "CaptureSettings", "ConversionBuffers", "DEFAULT_IM_SIZE",
-        "EncoderUnavailableError", "FrameJob", "FramePrep", "JpegEncoder", "ModelImSize", "ScaledFrame", "open_capture",
+        "CameraSnapshot", "CameraWorker", "CaptureOpenError", "CaptureSettings", "ConversionBuffers",
+        "DEFAULT_IM_SIZE", "EncoderUnavailableError", "FrameJob", "FramePrep", "JpegEncoder", "ModelImSize",
+        "ScaledFrame", "open_capture",
         "resize_to_max_side",
     },
     "common": {
@@ -33,24 +34,24 @@ FACES: dict[str, set[str]] = {
         "class_warnings", "config_json_schema", "label_references", "load_config",
     },
     "delivery": {
-        "MqttSettings", "PAYLOAD_VERSION", "Publisher", "Spool", "SpoolError", "SpooledFrame",
-        "TlsConfigError", "Topics", "camera_state_payload", "check_broker", "count_topic", "detection_dict",
-        "detections_payload", "dumps", "inference_state_payload", "iso_utc", "iso_utc_ns", "keeps",
-        "label_level", "snapshot_topic", "subscribe",
+        "MqttSettings", "PAYLOAD_VERSION", "Publisher", "PublisherSnapshot", "QueueSnapshot", "Spool", "SpoolError",
+        "SpoolSnapshot", "SpooledFrame", "TlsConfigError", "Topics", "camera_state_payload", "check_broker",
+        "count_topic", "detection_dict", "detections_payload", "dumps", "inference_state_payload", "iso_utc",
+        "iso_utc_ns", "keeps", "label_level", "snapshot_topic", "subscribe",
     },
     "inference": {
         "AuthError", "CameraRoute", "Delivery", "Detection", "FocoosClient", "FocoosError",
         "InferenceHealth", "InferenceResult", "LiveQueue", "ModelInfo", "ModelNotFoundError", "QuotaWatch",
-        "Uplink", "scale_detections", "trace_masks",
+        "Uplink", "UplinkCameraSnapshot", "UplinkSnapshot", "scale_detections", "trace_masks",
     },
     "results": {
-        "Results",
+        "EventFigures", "Results", "ResultsCameraSnapshot", "ResultsSnapshot",
     },
     "service": {
         "Daemon", "StateDirError", "capture_settings", "mqtt_settings", "request_reload", "setup_logging",
     },
     "subscribers": {
-        "SubscriberFeatures",
+        "FeaturesSnapshot", "SubscriberFeatures",
     },
     "tools": {
         "LOCAL_SERVER_IM_SIZE", "LOCAL_SERVER_KEY_ENV", "LOCAL_SERVER_PORT",
@@ -122,3 +123,28 @@ def test_packages_depend_in_one_direction() -> None:
             if other != me and LAYERS.index(other) > LAYERS.index(me):
                 bad.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {me} imports {other}")
     assert not bad
+
+
+LEASE_CALLS = {"take_frame", "release_frame", "drop_frame"}
+
+
+def _calls(path: Path):
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            yield node
+
+
+def test_only_the_uplink_takes_gives_back_or_drops_spool_leases() -> None:
+    """A lease is taken and ended in one module. The one other end of a lease is its consumption with
+    the result's outbox row (`done_frame=`, one transaction in the spool), which the results stage
+    asks for when it stores a detections message."""
+    lease_calls: dict[str, set[str]] = {}
+    done_frame: set[str] = set()
+    for path in _modules():
+        for call in _calls(path):
+            if call.func.attr in LEASE_CALLS:  # type: ignore[attr-defined]
+                lease_calls.setdefault(str(path.relative_to(PACKAGE)), set()).add(call.func.attr)  # type: ignore[attr-defined]
+            if any(keyword.arg == "done_frame" for keyword in call.keywords):
+                done_frame.add(str(path.relative_to(PACKAGE)))
+    assert lease_calls == {"inference/uplink.py": LEASE_CALLS}
+    assert done_frame == {"results/stage.py"}

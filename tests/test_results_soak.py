@@ -17,7 +17,7 @@ from focoos_edge.delivery.publisher import Publisher
 from focoos_edge.delivery.spool import Spool
 from focoos_edge.inference.live import Delivery
 from focoos_edge.inference.parse import Detection, InferenceResult
-from focoos_edge.results import Results
+from focoos_edge.results import EventFigures, Results
 from focoos_edge.service.daemon import mqtt_settings
 from focoos_edge.subscribers.features import SubscriberFeatures
 
@@ -43,7 +43,7 @@ def build(tmp_path, port: int) -> tuple[Results, Publisher, Spool, threading.Eve
     stop = threading.Event()
     publisher.start(stop)
     assert publisher.connected.wait(10)
-    results = Results(config, topics, publisher, spool, SubscriberFeatures(config, topics, publisher))
+    results = Results(config, topics, publisher, SubscriberFeatures(config, topics, publisher))
     return results, publisher, spool, stop
 
 
@@ -96,7 +96,8 @@ def test_thousand_events_paired_ordered_and_memory_flat(mosquitto, mqtt_sub, tmp
     ends = [e["last_seen_at"] for e in events if e["type"] == "end"]
     assert ends == sorted(ends)  # ordered per camera although results came out of order
     assert {tuple(e["entered_zones"]) for e in events if e["label"] == "person"} == {("left",)}
-    assert results.stats("cam")["late"] == 0 and results.stats("cam")["open"] == 0
+    figures = results.snapshot().cameras["cam"]
+    assert figures.events == EventFigures(open=0, held_for_order=0, late=0) and not figures.dead_lettered
 
 
 def test_reload_removal_clean_stop_and_crash_end_every_event(mosquitto, mqtt_sub, tmp_path):
@@ -115,7 +116,7 @@ def test_reload_removal_clean_stop_and_crash_end_every_event(mosquitto, mqtt_sub
             replay = FrameJob(**{**job.__dict__, "frame_id": f"cam-r{i}", "captured_at_ns": job.captured_at_ns + i})
             results.handle(replay, InferenceResult((A,), {}, 0.01), Delivery(replayed=True, frame_row=None))
         # A crash: no close(); a new stage on the same state_dir ends what was left open.
-        Results(config, results.topics, publisher, spool, results.features).close()
+        Results(config, results.topics, publisher, results.features).close()
         got = sub.wait_count("focoos/box1/cam/events", 2 * 5, 30)
     finally:
         stop.set()

@@ -35,6 +35,7 @@ from spool_writer import CrashHarness, check_ledger, integrity_and_sums, make_jo
 from focoos_edge.capture.encode import FrameJob
 from focoos_edge.delivery.spool import Spool, SpoolError
 from focoos_edge.delivery.spool_files import Budget
+from focoos_edge.delivery.spool_items import QueueSnapshot
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -130,8 +131,8 @@ def test_put_message_with_done_frame_replaces_the_frame(spool: Spool, db_path: P
     assert rows(db_path, "SELECT frame_id FROM frames") == [("f1",)]
     assert rows(db_path, "SELECT id, camera, topic, qos, retain, payload FROM outbox") == [
         (rid, "cam", "edge/cam/detections", 1, 0, b'{"n": 1}')]
-    assert spool.stats()["frames"]["bytes"] == 2000
-    assert spool.stats()["outbox"]["bytes"] == len(b'{"n": 1}') + len("edge/cam/detections")
+    assert spool.snapshot().frames.bytes == 2000
+    assert spool.snapshot().outbox.bytes == len(b'{"n": 1}') + len("edge/cam/detections")
     assert spool.take_frame().job.frame_id == "f1"  # the done frame's lease is gone with it
 
 
@@ -156,7 +157,7 @@ def test_expire_uses_the_injected_clock_and_spares_leased_frames(spool: Spool, c
     spool.put_frame(job("new", captured_at_ns=T0_NS))
     spool.put_message("cam", "t", b"m-at-t0", qos=1)
     assert spool.take_frame().job.frame_id == "old-in-flight"
-    assert spool.stats()["frames"]["oldest_age_s"] == 120.0
+    assert spool.snapshot().frames.oldest_age_s == 120.0
     clock.advance(30)
     assert spool.expire() == 1  # "old" only: the rest is younger than 60 s or in flight
     assert rows(spool.path, "SELECT frame_id FROM frames ORDER BY id") == [("old-in-flight",), ("new",)]
@@ -169,7 +170,7 @@ def test_expire_uses_the_injected_clock_and_spares_leased_frames(spool: Spool, c
     assert spool.expire() == 0
 
 
-def test_pending_and_stats_figures(spool: Spool, clock: ManualClock) -> None:
+def test_pending_and_snapshot_figures(spool: Spool, clock: ManualClock) -> None:
     assert spool.pending() == {}
     spool.put_frame(job("a1", 1000, camera="a", captured_at_ns=T0_NS - 5 * 10**9))
     spool.put_frame(job("a2", 2000, camera="a"))
@@ -177,18 +178,19 @@ def test_pending_and_stats_figures(spool: Spool, clock: ManualClock) -> None:
     spool.put_message("b", "tt", b"x" * 98, qos=1)
     clock.advance(2.5)
     assert spool.pending() == {"a": {"frames": 2, "outbox": 0}, "b": {"frames": 1, "outbox": 1}}
-    stats = spool.stats()
-    assert stats["frames"] == {"count": 3, "bytes": 7000, "oldest_age_s": 7.5}
-    assert stats["outbox"] == {"count": 1, "bytes": 100, "oldest_age_s": 2.5}
-    assert stats["max_bytes"] == 16 * MIB and stats["disk_full"] is False
-    assert stats["disk_bytes"] == spool.disk_bytes() == spool_files_bytes(spool.path) > 7000
+    stats = spool.snapshot()
+    assert stats.frames == QueueSnapshot(count=3, bytes=7000, oldest_age_s=7.5)
+    assert stats.outbox == QueueSnapshot(count=1, bytes=100, oldest_age_s=2.5)
+    assert stats.max_bytes == 16 * MIB and stats.disk_full is False
+    assert stats.disk_bytes == spool.disk_bytes() == spool_files_bytes(spool.path) > 7000
+    assert stats.pending == spool.pending() and stats.evicted == {}
 
 
 def test_duplicate_frame_id_is_ignored_and_counted_once(spool: Spool, db_path: Path) -> None:
     spool.put_frame(job("dup", 5000))
     spool.put_frame(job("dup", 5000))
     assert rows(db_path, "SELECT COUNT(*), SUM(bytes) FROM frames") == [(1, 5000)]
-    assert spool.stats()["frames"] == {"count": 1, "bytes": 5000, "oldest_age_s": 0.0}
+    assert spool.snapshot().frames == QueueSnapshot(count=1, bytes=5000, oldest_age_s=0.0)
 
 
 def test_duplicate_put_into_a_full_spool_evicts_nothing(db_path: Path) -> None:
@@ -215,13 +217,13 @@ def test_reopen_keeps_everything_and_counters_match_the_rows(db_path: Path, cloc
     ids = [spool.put_message(f"c{i}", "t", b"p" * (10 + i), qos=1) for i in range(3)]
     leased = spool.take_frame()
     spool.release_frame(spool.take_frame().row_id)  # f1: one attempt, persisted
-    before = (spool.pending(), spool.stats()["frames"], spool.stats()["outbox"])
+    before = (spool.pending(), spool.snapshot().frames, spool.snapshot().outbox)
     spool.close()
     spool = Spool(db_path, max_bytes=16 * MIB, max_age_s=60, clock_ns=clock)
     try:
-        assert (spool.pending(), spool.stats()["frames"], spool.stats()["outbox"]) == before
+        assert (spool.pending(), spool.snapshot().frames, spool.snapshot().outbox) == before
         frames_sum, outbox_sum = integrity_and_sums(db_path)[1]
-        assert (spool.stats()["frames"]["bytes"], spool.stats()["outbox"]["bytes"]) == (frames_sum, outbox_sum)
+        assert (spool.snapshot().frames.bytes, spool.snapshot().outbox.bytes) == (frames_sum, outbox_sum)
         again = spool.take_frame()  # a lease does not survive a restart: at-least-once
         assert (again.row_id, again.job) == (leased.row_id, leased.job)
         f1 = spool.take_frame()
@@ -245,7 +247,7 @@ def test_failed_put_changes_neither_rows_nor_counters(db_path: Path) -> None:
         assert done.job.frame_id in present  # the frame and its result are never both missing
         assert sum(spool.evicted.values()) == 5 - len(present)  # every removal counted, nothing more
         frames_sum, outbox_sum = integrity_and_sums(db_path)[1]
-        assert (spool.stats()["frames"]["bytes"], spool.stats()["outbox"]["bytes"]) == (frames_sum, outbox_sum)
+        assert (spool.snapshot().frames.bytes, spool.snapshot().outbox.bytes) == (frames_sum, outbox_sum)
     finally:
         spool.close()
 
@@ -491,8 +493,8 @@ class SpoolMachine(RuleBasedStateMachine):
     @invariant()
     def same_bytes(self) -> None:
         want = [self.model.frame_bytes(), self.model.outbox_bytes()]
-        stats = self.spool.stats()
-        assert [stats["frames"]["bytes"], stats["outbox"]["bytes"]] == want
+        stats = self.spool.snapshot()
+        assert [stats.frames.bytes, stats.outbox.bytes] == want
         assert integrity_and_sums(self.path)[1] == want
         assert spool_files_bytes(self.path) <= HYP_MAX_BYTES + 64 * KIB  # the files, not the counters
 
@@ -634,7 +636,7 @@ def test_a_corrupt_database_is_moved_aside_and_a_fresh_one_used(db_path: Path, d
     with caplog.at_level(logging.ERROR, logger="focoos_edge.delivery.spool"):
         spool = Spool(db_path, max_bytes=16 * MIB, max_age_s=3600)
     try:
-        assert spool.pending() == {} and spool.stats()["frames"]["bytes"] == 0
+        assert spool.pending() == {} and spool.snapshot().frames.bytes == 0
         assert spool.quarantined, "nothing reported as quarantined"
         moved = [Path(p) for p in spool.quarantined]
         assert all(p.exists() for p in moved)
@@ -681,7 +683,7 @@ def test_a_row_altered_in_place_is_skipped_deleted_and_counted(db_path: Path, ca
         assert [r for (r,) in rows(db_path, "SELECT id FROM outbox ORDER BY id")] == [ids[0], ids[2]]
         assert spool.evicted == Counter({("cam", "corrupt"): 2})
         assert sum("CRC" in r.getMessage() for r in caplog.records if r.levelno == logging.ERROR) == 2
-        assert integrity_and_sums(db_path)[1] == [spool.stats()["frames"]["bytes"], spool.stats()["outbox"]["bytes"]]
+        assert integrity_and_sums(db_path)[1] == [spool.snapshot().frames.bytes, spool.snapshot().outbox.bytes]
     finally:
         spool.close()
 

@@ -46,7 +46,7 @@ def test_spool_schema_version_is_checked(tmp_path):
         db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
     spool = Spool(db_path, max_bytes=8 * 1024 * 1024, max_age_s=60)  # a future version's file: moved aside
     try:
-        assert spool.quarantined and spool.stats()["frames"]["count"] == 0
+        assert spool.quarantined and spool.snapshot().frames.count == 0
         check_schema(spool._db)
     finally:
         spool.close()

@@ -21,6 +21,7 @@ from focoos_edge.capture.turbo import (
     EncoderUnavailableError,
 )
 from focoos_edge.capture.worker import (
+    CameraSnapshot,
     CameraWorker,
     CaptureOpenError,
     CaptureSettings,
@@ -28,7 +29,8 @@ from focoos_edge.capture.worker import (
 )
 
 __all__ = [
-    "CameraWorker", "CaptureOpenError", "CaptureSettings", "ConversionBuffers", "DEFAULT_IM_SIZE",
+    "CameraSnapshot", "CameraWorker", "CaptureOpenError", "CaptureSettings", "ConversionBuffers",
+    "DEFAULT_IM_SIZE",
     "EncoderUnavailableError", "FrameJob", "FramePrep", "JpegEncoder", "ModelImSize", "ScaledFrame", "open_capture",
     "resize_to_max_side",
 ]

@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import cv2
@@ -140,7 +140,7 @@ class Sampler:
 
 @dataclass
 class CameraCounters:
-    """Monotonic counters of one camera (read by the stats loop)."""
+    """Monotonic counters of one camera, written by its thread (read through `CameraWorker.snapshot`)."""
 
     grabbed: int = 0
     sampled: int = 0
@@ -151,6 +151,24 @@ class CameraCounters:
     skipped_budget: int = 0  # held back because the hourly inference budget was used up
     skipped_paused: int = 0  # sampled ticks dropped while detection is switched OFF (never produced)
     recent_grabs: list = field(default_factory=list)  # monotonic times of the last grabs, for fps
+
+
+@dataclass(frozen=True)
+class CameraSnapshot:
+    """One camera's figures at one moment (`CameraWorker.snapshot`). A camera with no worker (removed
+    by a reload, or known only from frames in the spool) is reported with state `removed` and zeros."""
+
+    state: str
+    fps: float = 0.0  # frames grabbed per second over the last 5 s, to 0.01
+    grabbed: int = 0
+    sampled: int = 0
+    reconnects: int = 0
+    grab_failures: int = 0
+    open_failures: int = 0
+    skipped_static: int = 0
+    skipped_budget: int = 0
+    skipped_paused: int = 0
+    restarts: Mapping[str, int] = field(default_factory=dict)  # the camera loop's, by thread name
 
 
 class CameraWorker(threading.Thread):
@@ -192,12 +210,26 @@ class CameraWorker(threading.Thread):
     # -- public, thread-safe --------------------------------------------------
     def fps(self, window_s: float = 5.0) -> float:
         """Frames grabbed per second over the last `window_s`."""
-        now = time.monotonic()
         with self._lock:
-            recent = [t for t in self.counters.recent_grabs if now - t <= window_s]
+            return self._fps(window_s)
+
+    def _fps(self, window_s: float) -> float:
+        now = time.monotonic()
+        recent = [t for t in self.counters.recent_grabs if now - t <= window_s]
         if len(recent) < 2:
             return 0.0
         return (len(recent) - 1) / max(recent[-1] - recent[0], 1e-6)
+
+    def snapshot(self) -> CameraSnapshot:
+        """The camera's figures, read together under the lock its thread counts grabs under (the
+        other counters have one writer, this thread)."""
+        with self._lock:
+            c = self.counters
+            return CameraSnapshot(
+                state=self.state, fps=round(self._fps(5.0), 2), grabbed=c.grabbed, sampled=c.sampled,
+                reconnects=c.reconnects, grab_failures=c.grab_failures, open_failures=c.open_failures,
+                skipped_static=c.skipped_static, skipped_budget=c.skipped_budget,
+                skipped_paused=c.skipped_paused, restarts={self.loop.name: self.loop.restarts})
 
     # -- thread body ------------------------------------------------------------
     def run(self) -> None:

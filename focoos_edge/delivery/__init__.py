@@ -2,6 +2,10 @@
 the broker), the MQTT publisher that deletes an outbox row only on its PUBACK, topics, payloads and
 their JSON Schemas."""
 
+from focoos_edge.delivery.clients import (
+    check_broker,
+    subscribe,
+)
 from focoos_edge.delivery.contract import (
     count_topic,
     label_level,
@@ -22,19 +26,22 @@ from focoos_edge.delivery.messages import (
 from focoos_edge.delivery.publisher import (
     MqttSettings,
     Publisher,
+    PublisherSnapshot,
     TlsConfigError,
-    check_broker,
-    subscribe,
 )
 from focoos_edge.delivery.spool import (
     Spool,
-    SpooledFrame,
     SpoolError,
+)
+from focoos_edge.delivery.spool_items import (
+    QueueSnapshot,
+    SpooledFrame,
+    SpoolSnapshot,
 )
 
 __all__ = [
-    "MqttSettings", "PAYLOAD_VERSION", "Publisher", "Spool", "SpoolError", "SpooledFrame", "TlsConfigError",
-    "Topics", "camera_state_payload", "check_broker", "count_topic", "detection_dict", "detections_payload",
-    "dumps", "inference_state_payload", "iso_utc", "iso_utc_ns", "keeps", "label_level", "snapshot_topic",
-    "subscribe",
+    "MqttSettings", "PAYLOAD_VERSION", "Publisher", "PublisherSnapshot", "QueueSnapshot", "Spool", "SpoolError",
+    "SpoolSnapshot", "SpooledFrame", "TlsConfigError", "Topics", "camera_state_payload", "check_broker",
+    "count_topic", "detection_dict", "detections_payload", "dumps", "inference_state_payload", "iso_utc",
+    "iso_utc_ns", "keeps", "label_level", "snapshot_topic", "subscribe",
 ]

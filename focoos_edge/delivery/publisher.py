@@ -17,8 +17,8 @@ import ssl
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 import paho.mqtt.client as mqtt
 
@@ -71,7 +71,8 @@ class MqttSettings:
 
 @dataclass
 class PublishCounters:
-    """Monotonic counters (read by the stats loop)."""
+    """Monotonic counters, written by paho's thread, the outbox pump and any publishing thread: under
+    the publisher's figures lock (`Publisher._count`)."""
 
     sent: int = 0
     acked: int = 0
@@ -79,6 +80,21 @@ class PublishCounters:
     resent: int = 0  # outbox messages sent again after a disconnect
     connects: int = 0
     connect_failures: int = 0
+
+
+@dataclass(frozen=True)
+class PublisherSnapshot:
+    """The publisher's figures at one moment (`Publisher.snapshot`)."""
+
+    connected: bool
+    sent: int
+    acked: int
+    resent: int
+    dropped_queue_full: int
+    connects: int
+    connect_failures: int
+    delivered: Mapping[str, int]  # outbox messages acknowledged, per camera column (`camera/events` too)
+    restarts: Mapping[str, int] = field(default_factory=dict)  # the outbox pump's, by thread name
 
 
 class TlsConfigError(RuntimeError):
@@ -108,6 +124,7 @@ class Publisher:
         self.window = window
         self.counters = PublishCounters()
         self.delivered: Counter = Counter()  # camera -> outbox messages acknowledged by the broker
+        self._figures = threading.Lock()  # guards the two above; held for nothing else (a leaf lock)
         self.connected = threading.Event()
         self.last_error: str | None = None
         self._stopping = False
@@ -191,11 +208,11 @@ class Publisher:
                     return True
         info = self._client.publish(topic, body, qos=qos, retain=retain)
         if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
-            self.counters.dropped_queue_full += 1
+            self._count(dropped_queue_full=1)
             log.warning("MQTT: queue full (%d messages), dropped a message to %s",
                         self.settings.max_queued, topic)
             return False
-        self.counters.sent += 1
+        self._count(sent=1)
         return True
 
     def publish_durable(self, camera: str, topic: str, payload: dict, done_frame: int | None = None) -> None:
@@ -226,10 +243,10 @@ class Publisher:
     # -- paho callbacks (paho's network thread) ------------------------------------
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
-            self.counters.connect_failures += 1
+            self._count(connect_failures=1)
             self._note_error(f"broker refused the connection: {reason_code}")
             return
-        self.counters.connects += 1
+        self._count(connects=1)
         self.last_error = None
         self.connected.set()
         down_since, self._down_since = self._down_since, None
@@ -249,7 +266,7 @@ class Publisher:
         self._wake.set()  # the outbox pump resends at once, not at its next half-second tick
 
     def _on_connect_fail(self, client, userdata) -> None:
-        self.counters.connect_failures += 1
+        self._count(connect_failures=1)
         self._note_error(f"cannot reach broker {self.settings.host}:{self.settings.port}")
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -262,9 +279,24 @@ class Publisher:
             log.warning("MQTT: disconnected (%s); reconnecting", reason_code)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
-        self.counters.acked += 1
+        self._count(acked=1)
         self._acks.append(mid)  # resolved by the pump: taking its lock here could deadlock with paho's
         self._wake.set()
+
+    # -- figures ---------------------------------------------------------------------------
+    def _count(self, **increments: int) -> None:
+        with self._figures:
+            for name, n in increments.items():
+                setattr(self.counters, name, getattr(self.counters, name) + n)
+
+    def snapshot(self) -> PublisherSnapshot:
+        """The link's state and the counters, read together under the figures lock."""
+        with self._figures:
+            c = self.counters
+            return PublisherSnapshot(
+                connected=self.connected.is_set(), sent=c.sent, acked=c.acked, resent=c.resent,
+                dropped_queue_full=c.dropped_queue_full, connects=c.connects, connect_failures=c.connect_failures,
+                delivered=dict(self.delivered), restarts=self.restarts())
 
     # -- outbox pump (its own thread) ---------------------------------------------------
     def alive(self) -> bool:
@@ -297,10 +329,12 @@ class Publisher:
             if row is not None:
                 acked.append(row)
         if acked:
-            self.delivered.update(self.outbox.delete_messages(acked))
+            done = self.outbox.delete_messages(acked)
+            with self._figures:
+                self.delivered.update(done)
         if self._pump_epoch != self._epoch:  # reconnected: everything unacknowledged goes again
             self._pump_epoch = self._epoch
-            self.counters.resent += len(self._in_flight)
+            self._count(resent=len(self._in_flight))
             self._in_flight.clear()
             self._last_sent = 0
         if not self.connected.is_set():
@@ -312,7 +346,7 @@ class Publisher:
                 break
             self._in_flight[info.mid] = msg.row_id
             self._last_sent = msg.row_id
-            self.counters.sent += 1
+            self._count(sent=1)
         return bool(self._in_flight)
 
     def _note_error(self, message: str) -> None:
@@ -332,40 +366,4 @@ def new_client(settings: MqttSettings, id_suffix: str = "") -> mqtt.Client:
         client.username_pw_set(settings.username, settings.password)
     if settings.tls:
         client.tls_set_context(tls_context(settings))
-    return client
-
-
-def check_broker(settings: MqttSettings, timeout_s: float = 5.0) -> str | None:
-    """Connect once with a throw-away client id; None when the broker accepted, else the reason."""
-    result: dict[str, str | None] = {}
-    done = threading.Event()
-    client = new_client(settings, "-probe")
-
-    def on_connect(c, userdata, flags, reason_code, properties):
-        result["error"] = f"broker refused: {reason_code}" if reason_code.is_failure else None
-        done.set()
-
-    client.on_connect = on_connect
-    try:
-        client.connect(settings.host, settings.port, keepalive=10)
-    except (OSError, ValueError) as exc:
-        return f"cannot reach {settings.host}:{settings.port}: {exc.strerror or exc}" \
-            if isinstance(exc, OSError) else str(exc)
-    client.loop_start()
-    try:
-        if not done.wait(timeout_s):
-            return f"no CONNACK from {settings.host}:{settings.port} within {timeout_s:.0f} s"
-        return result.get("error")
-    finally:
-        client.disconnect()
-        client.loop_stop()
-
-
-def subscribe(settings: MqttSettings, topic: str, on_message: Callable[[str, bytes, bool], None]) -> mqtt.Client:
-    """A background subscriber (the demo's live view); call `.disconnect()` and `.loop_stop()` to end."""
-    client = new_client(settings, "-view")
-    client.on_connect = lambda c, u, f, rc, p: None if rc.is_failure else c.subscribe(topic, qos=1)
-    client.on_message = lambda c, u, msg: on_message(msg.topic, bytes(msg.payload), bool(msg.retain))
-    client.connect_async(settings.host, settings.port, settings.keepalive_s)
-    client.loop_start()
     return client

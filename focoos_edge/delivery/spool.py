@@ -9,14 +9,21 @@ Guarantees (see docs/reliability.md):
   `synchronous=FULL` (the WAL is fsynced on every commit, so it survives power loss on storage that
   honours flushes, and `kill -9` always);
 - a result replaces its frame atomically: the outbox row is inserted and the frame row deleted in one
-  transaction, so a crash leaves one or the other, never neither;
+  transaction, so a crash leaves one or the other, never neither (`put_message(done_frame=)`);
 - every byte budget has a policy and a counter: oldest frames are evicted first, messages only when
   their own budget is full, and each eviction is counted per camera and reason;
 - the files on disk stay within `max_bytes`: `max_page_count` caps the database file, and the WAL is
   checkpointed and truncated at a fixed size.
 Rows carry a CRC32 of their blob; a row that fails it is deleted and counted as corrupt. A database
 SQLite cannot open or check is moved aside at start, never crash-looped on. The schema, the
-settings and budget that bound the files, the reserve file and the quarantine are in spool_disk.py.
+settings and budget that bound the files, the reserve file and the quarantine are in spool_files.py.
+
+Leases: `take_frame` leases a frame to one inference attempt (a leased frame is neither handed out
+again nor evicted). The uplink (inference/uplink.py) alone takes, gives back (`release_frame`) and
+drops (`drop_frame`) leases. The one lease that ends elsewhere is the one whose result is stored:
+`put_message(done_frame=row)`, reached through the publisher's `publish_durable`, deletes the frame
+row in the outbox insert's transaction and discards the lease with it. That consumption stays here,
+inside one transaction, because it is what makes the hand-over atomic.
 """
 
 from __future__ import annotations
@@ -28,37 +35,16 @@ import threading
 import time
 import zlib
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 from focoos_edge.capture import FrameJob
 from focoos_edge.delivery.spool_files import DB_SUFFIXES, Budget, ReserveFile, connect, quarantine
+from focoos_edge.delivery.spool_items import OutboxMessage, QueueSnapshot, SpooledFrame, SpoolSnapshot
 
 log = logging.getLogger(__name__)
 
 class SpoolError(RuntimeError):
     """An item could not be stored (disk full even after evicting, or an I/O error)."""
-
-
-@dataclass(frozen=True)
-class SpooledFrame:
-    """A frame taken from the spool for an inference attempt."""
-
-    row_id: int
-    job: FrameJob
-    attempts: int
-
-
-@dataclass(frozen=True)
-class OutboxMessage:
-    """A message waiting for its PUBACK."""
-
-    row_id: int
-    camera: str
-    topic: str
-    qos: int
-    retain: bool
-    payload: bytes
 
 
 def _crc(data: bytes) -> int:
@@ -270,7 +256,8 @@ class Spool:
         return row[0]
 
     def release_frame(self, row_id: int, attempted: bool = True) -> None:
-        """Give a leased frame back (the attempt failed); it stays in the spool."""
+        """Give a leased frame back (the attempt failed, or its result could not be stored); it stays
+        in the spool. `attempted`: count it against the frame's attempts."""
         with self._lock:
             self._leased.discard(row_id)
             self.frames_generation += 1
@@ -289,7 +276,8 @@ class Spool:
     # -- outbox ------------------------------------------------------------------------------
     def put_message(self, camera: str, topic: str, payload: bytes, qos: int, retain: bool = False,
                     done_frame: int | None = None) -> int:
-        """Store a message durably; if `done_frame` is set, delete that frame in the same transaction."""
+        """Store a message durably; if `done_frame` is set, delete that (leased) frame in the same
+        transaction and end its lease: the result replaces its frame atomically."""
         size = len(payload) + len(topic)
 
         def insert(db: sqlite3.Connection) -> int:
@@ -377,19 +365,18 @@ class Spool:
                     out.setdefault(camera, {"frames": 0, "outbox": 0})[table] = n
             return out
 
-    def stats(self) -> dict:
-        """Depth, bytes and oldest age of each queue, and the on-disk size."""
+    def snapshot(self) -> SpoolSnapshot:
+        """Depth, bytes and oldest age of each table, what waits per camera, the evictions and the
+        on-disk size, read together under the lock."""
         now = self._clock_ns()
         with self._lock:
             f = self._db.execute("SELECT COUNT(*), MIN(captured_at_ns) FROM frames").fetchone()
             o = self._db.execute("SELECT COUNT(*), MIN(created_at_ns) FROM outbox").fetchone()
-        return {
-            "frames": {"count": f[0], "bytes": self._frame_bytes,
-                       "oldest_age_s": round((now - f[1]) / 1e9, 1) if f[1] else None},
-            "outbox": {"count": o[0], "bytes": self._outbox_bytes,
-                       "oldest_age_s": round((now - o[1]) / 1e9, 1) if o[1] else None},
-            "disk_bytes": self.disk_bytes(), "max_bytes": self.budget.max_bytes, "disk_full": self.disk_full,
-        }
+            return SpoolSnapshot(
+                frames=QueueSnapshot(f[0], self._frame_bytes, round((now - f[1]) / 1e9, 1) if f[1] else None),
+                outbox=QueueSnapshot(o[0], self._outbox_bytes, round((now - o[1]) / 1e9, 1) if o[1] else None),
+                disk_bytes=self.disk_bytes(), max_bytes=self.budget.max_bytes, disk_full=self.disk_full,
+                pending=self.pending(), evicted=dict(self.evicted))
 
     def disk_bytes(self) -> int:
         """Bytes the spool's files take on disk now."""

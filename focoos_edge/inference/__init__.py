@@ -19,6 +19,8 @@ from focoos_edge.inference.live import (
     Delivery,
     InferenceHealth,
     LiveQueue,
+    UplinkCameraSnapshot,
+    UplinkSnapshot,
 )
 from focoos_edge.inference.masks import (
     trace_masks,
@@ -38,5 +40,5 @@ from focoos_edge.inference.uplink import (
 __all__ = [
     "AuthError", "CameraRoute", "Delivery", "Detection", "FocoosClient", "FocoosError", "InferenceHealth",
     "InferenceResult", "LiveQueue", "ModelInfo", "ModelNotFoundError", "QuotaWatch", "Uplink",
-    "scale_detections", "trace_masks",
+    "UplinkCameraSnapshot", "UplinkSnapshot", "scale_detections", "trace_masks",
 ]

@@ -1,5 +1,6 @@
 """What the uplink hands over and keeps per camera: the live queue (freshest frames first), each
-camera's route and counters, the `Delivery` of a result, and the inference link's health."""
+camera's route and counters (and the snapshot of its figures), the `Delivery` of a result, and the
+inference link's health."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from focoos_edge.capture import FrameJob
 from focoos_edge.common import HourlyRate
+from focoos_edge.inference.quota import AccountQuota
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,11 @@ class LiveQueue:
         with self._cond:
             return sum(j.camera == camera for j in self._jobs)
 
+    def counts(self) -> dict[str, int]:
+        """Pending frames per camera, read at once (cameras with none are left out)."""
+        with self._cond:
+            return dict(Counter(j.camera for j in self._jobs))
+
 
 @dataclass(frozen=True)
 class CameraRoute:
@@ -68,18 +75,59 @@ class CameraRoute:
 class Delivery:
     """How a result's frame travelled: `replayed` when it waited in the spool (row `frame_row`).
 
-    The result handler sets `stored` once the detections message is committed to the outbox: from
-    then on the frame is accounted for there, so an error after it (counts, snapshot) must not
-    dead-letter it as well."""
+    The result handler sets `stored` once the detections message is committed to the outbox (with
+    the frame row deleted in that transaction): from then on the frame is accounted for there, so an
+    error after it (counts, snapshot) must not dead-letter it as well. A replayed result is handled
+    before the handler returns; if `stored` is still unset then, the uplink gives the frame back to
+    the spool (only live results, which have no row, may be handled later by another thread)."""
 
     replayed: bool
     frame_row: int | None
     stored: threading.Event = field(default_factory=threading.Event, compare=False)
 
 
+@dataclass(frozen=True)
+class UplinkCameraSnapshot:
+    """One camera's inference figures at one moment; `dead_lettered`, `errors` and `clamped` by reason,
+    `round_trips_ms` the last 256 requests' (oldest first)."""
+
+    uploaded: int = 0
+    bytes_uploaded: int = 0
+    results: int = 0
+    spooled: int = 0
+    inferences_last_hour: int = 0
+    bytes_uploaded_last_hour: int = 0
+    dead_lettered: Mapping[str, int] = field(default_factory=dict)
+    errors: Mapping[str, int] = field(default_factory=dict)
+    clamped: Mapping[str, int] = field(default_factory=dict)
+    round_trips_ms: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class UplinkSnapshot:
+    """The inference stage's figures at one moment (`Uplink.snapshot`): the link's state, the live
+    queue and the requests in flight per camera, each camera's counters, the account's quota."""
+
+    state: str
+    queued: Mapping[str, int]  # frames in the live queue, per camera
+    in_flight: Mapping[str, int]  # frames being processed now, per camera
+    cameras: Mapping[str, UplinkCameraSnapshot]
+    quota: AccountQuota | None = None  # the last quota the account endpoint gave, if any
+    restarts: Mapping[str, int] = field(default_factory=dict)  # the uplink's loops, by thread name
+
+    @property
+    def queue_depth(self) -> int:
+        return sum(self.queued.values())
+
+    @property
+    def busy(self) -> int:
+        return sum(self.in_flight.values())
+
+
 @dataclass
 class UplinkCounters:
-    """Per-camera counters; `dead_lettered` and `errors` by reason."""
+    """Per-camera counters; `dead_lettered` and `errors` by reason. Written and read under the
+    uplink's lock (several workers count for one camera)."""
 
     uploaded: int = 0
     bytes_uploaded: int = 0
@@ -90,6 +138,15 @@ class UplinkCounters:
     clamped: Counter = field(default_factory=Counter)  # what parsing fixed or dropped in replies (ceilings)
     last_hour: HourlyRate = field(default_factory=HourlyRate)  # uploads and their bytes
     round_trips_ms: deque = field(default_factory=lambda: deque(maxlen=256))
+
+    def snapshot(self) -> UplinkCameraSnapshot:
+        """A copy of the figures (call it under the lock the counters are written under)."""
+        hour = self.last_hour.last_hour()
+        return UplinkCameraSnapshot(
+            uploaded=self.uploaded, bytes_uploaded=self.bytes_uploaded, results=self.results,
+            spooled=self.spooled, inferences_last_hour=hour[0], bytes_uploaded_last_hour=hour[1],
+            dead_lettered=dict(self.dead_lettered), errors=dict(self.errors), clamped=dict(self.clamped),
+            round_trips_ms=tuple(self.round_trips_ms))
 
 
 class InferenceHealth:

@@ -5,6 +5,11 @@ one arrives the older one moves to the on-disk spool, so a slow uplink never mak
 stale frames live, and loses none. A circuit breaker stops hammering an API that is down; an auth or
 unknown-model error pauses uploads (one probe per interval) instead of retrying in a loop. Frames
 that cannot be sent now wait in the spool and are replayed, oldest first, with spare capacity.
+
+Spool leases are taken, given back and dropped here only (`take_frame`, `release_frame`,
+`drop_frame`; tests/test_layout.py checks it). The one other way a lease ends is the hand-over
+itself: the results stage stores the detections message with `done_frame=` the frame's row, and
+the spool deletes that row in the outbox insert's transaction.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ import logging
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from focoos_edge.capture import FrameJob
 from focoos_edge.common import Backoff, Loop
@@ -35,6 +41,7 @@ from focoos_edge.inference.live import (
     InferenceHealth,
     LiveQueue,
     UplinkCounters,
+    UplinkSnapshot,
 )
 from focoos_edge.inference.parse import InferenceResult, ModelInfo
 from focoos_edge.inference.quota import QUOTA_EXHAUSTED, QuotaWatch
@@ -92,10 +99,21 @@ class Uplink:
         with self._lock:
             return sum(self.in_flight.values())
 
-    def in_flight_snapshot(self) -> dict[str, int]:
-        """Frames being processed now, per camera."""
+    def snapshot(self) -> UplinkSnapshot:
+        """The inference figures: each camera's counters and the frames in flight read together under
+        the lock they are written under, then the live queue's (under its own)."""
         with self._lock:
-            return dict(self.in_flight)
+            cameras = {camera: c.snapshot() for camera, c in self.counters.items()}
+            in_flight = {camera: n for camera, n in self.in_flight.items() if n}
+        return UplinkSnapshot(state=self.health.state, queued=self.queue.counts(), in_flight=in_flight,
+                              cameras=cameras, quota=self.quota.last if self.quota else None,
+                              restarts=self.restarts())
+
+    @contextmanager
+    def _counting(self, camera: str) -> Iterator[UplinkCounters]:
+        """The camera's counters, to update under the lock (several workers count for one camera)."""
+        with self._lock:
+            yield self.counters[camera]
 
     def alive(self) -> bool:
         """All threads running (before start and after stop: False)."""
@@ -216,14 +234,13 @@ class Uplink:
     def process(self, job: FrameJob, spooled: SpooledFrame | None = None) -> None:
         """Send one frame, retrying transient errors a few times; every outcome is accounted for:
         a result, back to the spool, or dead-lettered (counted)."""
-        counters = self.counters[job.camera]
         attempts = spooled.attempts if spooled else 0
         backoff = Backoff(0.25, 2.0, jitter="full")
         while True:
             if self._stop.is_set() or self.health.paused.is_set() or not self._breaker.allow():
                 return self._defer(job, spooled, attempted=False)
             try:
-                result = self._send(job, counters)
+                result = self._send(job)
             except (AuthError, ModelNotFoundError) as exc:
                 self._breaker.success()  # the API answered: it is reachable (a probe must not hang open)
                 self._note_error(job.camera, exc)
@@ -247,7 +264,8 @@ class Uplink:
             self._breaker.success()
             self.health.set(OK)
             self._cap_noted = False
-            counters.results += 1
+            with self._counting(job.camera) as counters:
+                counters.results += 1
             self._note_clamped(job.camera, result.clamped)
             return self._deliver(job, result, spooled)
 
@@ -270,25 +288,36 @@ class Uplink:
         try:
             self._on_result(job, result, delivery)
         except Exception as exc:
-            why = f"{type(exc).__name__}: {str(exc)[:200]}"  # a hostile label could make it huge
-            if delivery.stored.is_set():  # the message is in the outbox: only an extra failed
-                self.counters[job.camera].errors["result_error"] += 1
-                log.error("camera %s: frame %s: handling its result failed after it was stored (%s)",
-                          job.camera, job.frame_id, why, exc_info=log.isEnabledFor(logging.DEBUG))
-                return
-            log.error("camera %s: frame %s: its result could not be handled (%s)", job.camera, job.frame_id,
-                      why, exc_info=log.isEnabledFor(logging.DEBUG))
-            self._dead_letter(job, spooled, "result_error")
+            self._result_failed(job, spooled, delivery, exc)
+            return
+        if spooled is not None and not delivery.stored.is_set():
+            # Handled, not stored (the outbox refused it): the frame waits in the spool for a later
+            # attempt. A replayed result is handled before on_result returns, so `stored` is final.
+            self.spool.release_frame(spooled.row_id, attempted=False)
+
+    def _result_failed(self, job: FrameJob, spooled: SpooledFrame | None, delivery: Delivery,
+                       exc: Exception) -> None:
+        """`on_result` raised: after the message was stored only an extra failed (counted); before,
+        the frame is dead-lettered."""
+        why = f"{type(exc).__name__}: {str(exc)[:200]}"  # a hostile label could make it huge
+        if delivery.stored.is_set():  # the message is in the outbox: only an extra failed
+            with self._counting(job.camera) as counters:
+                counters.errors["result_error"] += 1
+            log.error("camera %s: frame %s: handling its result failed after it was stored (%s)",
+                      job.camera, job.frame_id, why, exc_info=exc if log.isEnabledFor(logging.DEBUG) else None)
+            return
+        log.error("camera %s: frame %s: its result could not be handled (%s)", job.camera, job.frame_id,
+                  why, exc_info=exc if log.isEnabledFor(logging.DEBUG) else None)
+        self._dead_letter(job, spooled, "result_error")
 
     def _note_clamped(self, camera: str, clamped: dict[str, int]) -> None:
-        if not clamped:
-            return
-        counters = self.counters[camera]
         for reason, n in clamped.items():
-            if not counters.clamped[reason]:  # once per camera and reason: a bad server repeats itself
+            with self._counting(camera) as counters:
+                first = not counters.clamped[reason]
+                counters.clamped[reason] += n
+            if first:  # once per camera and reason: a bad server repeats itself
                 log.warning("camera %s: a reply exceeded a ceiling (%s, %d in this reply): fixed or dropped "
                             "before publishing; counted in clamped_by_reason", camera, reason, n)
-            counters.clamped[reason] += n
 
     def submit(self, job: FrameJob) -> None:
         """A camera's new frame: queued for the next free worker. The camera's older frame still
@@ -306,35 +335,41 @@ class Uplink:
 
     def _defer(self, job: FrameJob, spooled: SpooledFrame | None, attempted: bool) -> None:
         """Keep the frame for later: back into the spool (or stay there)."""
-        counters = self.counters[job.camera]
         if spooled is not None:
             self.spool.release_frame(spooled.row_id, attempted)
             return
         try:
             self.spool.put_frame(job)
-            counters.spooled += 1
         except SpoolError as exc:
-            counters.dead_lettered["spool_error"] += 1
+            with self._counting(job.camera) as counters:
+                counters.dead_lettered["spool_error"] += 1
             log.error("camera %s: frame %s lost: %s", job.camera, job.frame_id, exc)
+            return
+        with self._counting(job.camera) as counters:
+            counters.spooled += 1
 
     def _dead_letter(self, job: FrameJob, spooled: SpooledFrame | None, reason: str) -> None:
-        self.counters[job.camera].dead_lettered[reason] += 1
+        with self._counting(job.camera) as counters:
+            counters.dead_lettered[reason] += 1
         log.warning("camera %s: frame %s dead-lettered (%s)", job.camera, job.frame_id, reason)
         if spooled is not None:
             self.spool.drop_frame(spooled.row_id, f"dead_letter_{reason}")
 
-    def _send(self, job: FrameJob, counters: UplinkCounters) -> InferenceResult:
-        counters.uploaded += 1
-        counters.bytes_uploaded += len(job.jpeg)
-        counters.last_hour.add(len(job.jpeg))
+    def _send(self, job: FrameJob) -> InferenceResult:
+        with self._counting(job.camera) as counters:
+            counters.uploaded += 1
+            counters.bytes_uploaded += len(job.jpeg)
+            counters.last_hour.add(len(job.jpeg))
         route = self.routes.get(job.camera, self.default_route)  # spooled before a config change
         result = self.client.infer(self.model_ref, job.jpeg, route.threshold)
-        counters.round_trips_ms.append(result.round_trip_s * 1000)
+        with self._counting(job.camera) as counters:
+            counters.round_trips_ms.append(result.round_trip_s * 1000)
         return result
 
     def _note_error(self, camera: str | None, exc: FocoosError) -> None:
         if camera is not None:
-            self.counters[camera].errors[exc.reason] += 1
+            with self._counting(camera) as counters:
+                counters.errors[exc.reason] += 1
         if self.quota is not None and self.quota.explains(exc):
             self.quota.report(self.health, exc)
             return

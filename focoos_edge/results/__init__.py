@@ -3,9 +3,12 @@ original frame, filtered, given its zones, tracked into events and turned into t
 delivery publishes. The daemon only wires it: ``Uplink(..., on_result=results.handle)``."""
 
 from focoos_edge.results.stage import (
+    EventFigures,
     Results,
+    ResultsCameraSnapshot,
+    ResultsSnapshot,
 )
 
 __all__ = [
-    "Results",
+    "EventFigures", "Results", "ResultsCameraSnapshot", "ResultsSnapshot",
 ]

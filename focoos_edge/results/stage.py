@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from focoos_edge.capture import FrameJob
 from focoos_edge.config import CameraConfig, Config
-from focoos_edge.delivery import Publisher, Spool, SpoolError, Topics, detections_payload, keeps
+from focoos_edge.delivery import Publisher, SpoolError, Topics, detections_payload, keeps
 from focoos_edge.inference import Delivery, Detection, InferenceResult, scale_detections, trace_masks
 from focoos_edge.results.camera import CameraResults
 from focoos_edge.results.filters import apply_filters
@@ -37,6 +38,31 @@ def events_key(camera: str) -> str:
 
 
 @dataclass(frozen=True)
+class EventFigures:
+    """A camera's events now: open ones, results held for an earlier frame, results too late to be tracked."""
+
+    open: int
+    held_for_order: int
+    late: int
+
+
+@dataclass(frozen=True)
+class ResultsCameraSnapshot:
+    """One camera's figures in the results stage."""
+
+    events: EventFigures | None = None  # None: the camera is not (or no longer) in the config
+    errors: Mapping[str, int] = field(default_factory=dict)  # problems found in its results, by reason
+    dead_lettered: Mapping[str, int] = field(default_factory=dict)  # results that could not be stored
+
+
+@dataclass(frozen=True)
+class ResultsSnapshot:
+    """The results stage's figures at one moment (`Results.snapshot`), per camera."""
+
+    cameras: Mapping[str, ResultsCameraSnapshot]
+
+
+@dataclass(frozen=True)
 class _Item:
     job: FrameJob
     result: InferenceResult
@@ -47,19 +73,21 @@ class _Item:
 class Results:
     """Turns inference results into published messages; `handle` is called from uplink threads.
 
-    A result that could not be stored is dead-lettered and counted here (`dead_lettered(camera)`)."""
+    The stage never touches the spool's leases: a replayed result is handled before `handle`
+    returns, and when it could not be stored (`delivery.stored` unset) the uplink gives its frame
+    back to the spool. A live result that could not be stored has no frame left anywhere: it is
+    dead-lettered and counted here (`snapshot()`)."""
 
-    def __init__(self, config: Config, topics: Topics, publisher: Publisher, spool: Spool,
-                 features: SubscriberFeatures):
+    def __init__(self, config: Config, topics: Topics, publisher: Publisher, features: SubscriberFeatures):
         self.topics = topics
         self.publisher = publisher
-        self.spool = spool
         self.features = features
         self.config = config
         self.cameras: dict[str, CameraConfig] = {}
         self._state: dict[str, CameraResults] = {}
         self.store = OpenEventStore(config.state_dir)
         self.events_published = 0
+        self._figures = threading.Lock()  # guards the two counters below (any uplink thread writes them)
         self._errors: defaultdict[str, Counter] = defaultdict(Counter)  # per camera, by reason
         self._lost: defaultdict[str, Counter] = defaultdict(Counter)  # dead-lettered, per camera
         self._end_previous_run()
@@ -107,18 +135,20 @@ class Results:
             with state.lock:
                 state.reorder.forget(job.captured_at_ns)
 
-    def stats(self, camera: str) -> dict:
-        """Per-camera figures for the stats message."""
-        state = self._state.get(camera)
-        if state is None:
-            return {}
-        with state.lock:
-            return {"open": sum(len(t.open_events()) for t in (state.live, state.replay) if t),
-                    "held_for_order": state.reorder.pending(), "late": state.reorder.late}
-
-    def held(self) -> dict[str, int]:
-        """Results waiting in the reorder buffers, per camera (pending in the accounting)."""
-        return {name: s.reorder.pending() for name, s in list(self._state.items())}
+    def snapshot(self) -> ResultsSnapshot:
+        """Per camera: its events (read under the camera's lock), the problems found in its results and
+        the results that could not be stored (under the stage's)."""
+        events = {}
+        for name, state in list(self._state.items()):
+            with state.lock:
+                events[name] = EventFigures(
+                    open=sum(len(t.open_events()) for t in (state.live, state.replay) if t),
+                    held_for_order=state.reorder.pending(), late=state.reorder.late)
+        with self._figures:
+            errors = {camera: dict(reasons) for camera, reasons in self._errors.items()}
+            lost = {camera: dict(reasons) for camera, reasons in self._lost.items()}
+        return ResultsSnapshot({name: ResultsCameraSnapshot(events.get(name), errors.get(name, {}), lost.get(name, {}))
+                                for name in {**events, **errors, **lost}})
 
     # -- per result -------------------------------------------------------------------------
     def handle(self, job: FrameJob, result: InferenceResult, delivery: Delivery) -> None:
@@ -147,18 +177,11 @@ class Results:
                              upload_w=math.ceil(job.width * job.scale), upload_h=math.ceil(job.height * job.scale))
         mapped = scale_detections(traced, job)
         if broken := sum(1 for d in mapped if d.broken):  # kept without the unusable mask/keypoints
-            self._errors[job.camera]["malformed_mask"] += broken
+            with self._figures:
+                self._errors[job.camera]["malformed_mask"] += broken
         scaled = [d for d in mapped if keeps(d.label, d.conf, cam.labels if cam else None, threshold,
                                              cam.thresholds if cam else None)]
         return apply_filters(scaled, cam.filters, job.width, job.height) if cam else scaled
-
-    def dead_lettered(self) -> dict[str, dict[str, int]]:
-        """Results that could not be stored (and had no spool row to go back to), per camera and reason."""
-        return {camera: dict(reasons) for camera, reasons in list(self._lost.items())}
-
-    def errors(self, camera: str) -> dict[str, int]:
-        """Problems found in this camera's results, by reason (`malformed_mask`)."""
-        return dict(self._errors.get(camera, {}))
 
     def _process(self, state: CameraResults | None, item: _Item, tracker: Tracker | None) -> None:
         job, delivery = item.job, item.delivery
@@ -198,10 +221,12 @@ class Results:
         return ids, events
 
     def _not_stored(self, job: FrameJob, delivery: Delivery, exc: SpoolError) -> None:
+        if delivery.frame_row is not None:  # still in the spool: the uplink gives it back, retried later
+            log.error("camera %s: result of frame %s not stored (%s); its frame stays in the spool",
+                      job.camera, job.frame_id, exc)
+            return
         log.error("camera %s: result of frame %s not stored: %s", job.camera, job.frame_id, exc)
-        if delivery.frame_row is not None:
-            self.spool.release_frame(delivery.frame_row, attempted=False)  # retried later
-        else:
+        with self._figures:
             self._lost[job.camera]["spool_error"] += 1
 
     def _payload(self, item: _Item, entries: list[dict], replayed: bool) -> dict:

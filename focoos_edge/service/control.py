@@ -15,6 +15,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from focoos_edge.common import write_json
@@ -58,6 +59,17 @@ def parse_command(topic: str, payload: bytes, base: str) -> tuple[str, bool] | N
     return (camera, value == b"ON") if value in (b"ON", b"OFF") else None
 
 
+@dataclass(frozen=True)
+class ControlSnapshot:
+    """The detect switches at one moment (`DetectControl.snapshot`)."""
+
+    off: frozenset[str]  # cameras whose detect switch is OFF (set by a message or persisted)
+
+    def detect(self, camera: str) -> str:
+        """"ON" or "OFF", as on the camera's `detect/state` topic."""
+        return "OFF" if camera in self.off else "ON"
+
+
 class DetectControl:
     """Which cameras are paused; one `threading.Event` per camera (set: paused) that its worker
     checks before decoding a sampled frame. Thread-safe (MQTT callbacks on paho's thread)."""
@@ -86,6 +98,13 @@ class DetectControl:
 
     def state(self, camera: str) -> str:
         return "OFF" if self.paused(camera).is_set() else "ON"
+
+    def snapshot(self) -> ControlSnapshot:
+        """Every camera's switch, as `state` would give it, without creating flags: a camera with no
+        flag yet is OFF when the persisted setting says so."""
+        with self._lock:
+            off = {camera for camera, event in self._paused.items() if event.is_set()}
+            return ControlSnapshot(frozenset(off | (self._saved_off - self._paused.keys())))
 
     def configure(self, cameras: Iterable[str]) -> None:
         """The cameras that exist now: their retained state is published; others are refused."""

@@ -27,9 +27,8 @@ from focoos_edge.service.control import DetectControl
 from focoos_edge.service.logs import set_level
 from focoos_edge.service.metrics import MetricsServer
 from focoos_edge.service.reloadctl import ReloadAnswers
-from focoos_edge.service.report import frames_only
 from focoos_edge.service.statedir import StateDirLock
-from focoos_edge.service.stats import CpuMeter
+from focoos_edge.service.stats import CpuMeter, DaemonSnapshot, Parts, assemble, frames_only, rss_bytes
 from focoos_edge.service.systemd import Notifier
 from focoos_edge.subscribers import SubscriberFeatures
 
@@ -94,7 +93,7 @@ class Daemon:
         self.im_size = ModelImSize()  # learnt from the model info; sizes the uploads of max_side: auto
         self.config_warnings: list[str] = []  # labels naming classes the model lacks
         self._upload_sides: dict[str, int] = {}  # logged upload size per camera
-        self.results = Results(config, self.topics, self.publisher, self.spool, self.features)
+        self.results = Results(config, self.topics, self.publisher, self.features)
         self.uplink = self._make_uplink(config, stop)
         self.workers: dict[str, CameraWorker] = {}
         self.conversion = ConversionBuffers()  # one full-size BGR buffer per frame shape, for every camera
@@ -177,17 +176,11 @@ class Daemon:
         if time.monotonic() >= self._next_stats:
             self._next_stats = time.monotonic() + self.config.stats_interval_s
             self._expire()
-            self.publisher.publish(self.topics.stats, self.stats(), qos=0)
-            self.notifier.status(self.status_line())
+            snapshot = self.snapshot()
+            self.publisher.publish(self.topics.stats, report.stats_message(snapshot), qos=0)
+            self.notifier.status(report.status_line(snapshot))
         # Ping at a quarter of WatchdogSec: one late tick on a loaded box must not cost a restart.
         return min(1.0, (self.notifier.watchdog_interval_s or 2.0) / 2)
-
-    def restarts(self) -> dict[str, int]:
-        """Loop restarts after an unexpected error, by thread name (only loops that restarted)."""
-        counts = {self.main_loop.name: self.main_loop.restarts, **self.uplink.restarts(),
-                  **self.publisher.restarts()}
-        counts.update({w.loop.name: w.loop.restarts for w in self.workers.values()})
-        return {name: n for name, n in counts.items() if n}
 
     def shutdown(self) -> None:
         """Fixed order: cameras (no new frames) -> uplink (in-flight requests finish) -> frames still
@@ -227,7 +220,7 @@ class Daemon:
         for worker in workers:
             worker.join(timeout=max(0.0, deadline - time.monotonic()))
             if not keep:
-                self.retired_sampled[worker.settings.name] += worker.counters.sampled
+                self.retired_sampled[worker.settings.name] += worker.snapshot().sampled
 
     def _start_metrics(self) -> MetricsServer | None:
         m = self.config.metrics
@@ -235,7 +228,7 @@ class Daemon:
             return None
         meter = CpuMeter()  # its own: scrapes must not shorten the stats topic's CPU window
         try:
-            server = MetricsServer(m.host, m.port, lambda: self.stats(cpu=meter),
+            server = MetricsServer(m.host, m.port, lambda: self.snapshot(cpu=meter),
                                    lambda: stalled(self.heartbeats())).start()
         except OSError as exc:
             log.error("metrics: cannot listen on %s:%d: %s; continuing without", m.host, m.port, exc)
@@ -361,19 +354,28 @@ class Daemon:
                          "max_side" if cam.fixed_max_side else f"auto: the model's im_size {info.im_size}"
                          if info.im_size else "auto: the model gives no im_size, the default")
 
-    # -- stats (service/report.py reads them from the stages) ------------------------------
-    def accounting(self) -> dict[str, dict[str, int]]:
-        """Per camera: produced = delivered + pending + evicted + dead_lettered (exact when idle)."""
-        return report.camera_accounting(self)
+    # -- stats: each stage's snapshot, assembled once (service/stats.py), read by report.py -------
+    def snapshot(self, cpu: CpuMeter | None = None) -> DaemonSnapshot:
+        """Every figure the daemon reports (CPU since `cpu`'s last reading, default the daemon's own
+        meter). The stages are read downstream from the cameras, as a frame travels."""
+        return assemble(Parts(
+            device_id=self.config.device_id, at_s=time.time(), uptime_s=time.monotonic() - self.started_mono,
+            cpu_percent=(cpu or self.cpu).percent(), rss_bytes=rss_bytes(),
+            workers={name: w.snapshot() for name, w in list(self.workers.items())},  # a reload may change them
+            uplink=self.uplink.snapshot(), results=self.results.snapshot(), spool=self.spool.snapshot(),
+            publisher=self.publisher.snapshot(), control=self.control.snapshot(), features=self.features.snapshot(),
+            retired_sampled=Counter(self.retired_sampled), recovered=Counter(self.recovered),
+            main_restarts={self.main_loop.name: self.main_loop.restarts}))
 
     def stats(self, cpu: CpuMeter | None = None) -> dict:
-        """The stats message (CPU since `cpu`'s last reading, default the daemon's own meter)."""
-        return report.stats(self, cpu)
+        """The stats message (docs/mqtt.md)."""
+        return report.stats_message(self.snapshot(cpu))
 
+    # These two show no CPU figure: a meter of their own keeps the stats topic's window whole.
     def status_line(self) -> str:
         """One short line for `systemctl status`."""
-        return report.status_line(self)
+        return report.status_line(self.snapshot(CpuMeter()))
 
     def summary(self) -> str:
         """One line for people, per camera: the accounting identity's terms."""
-        return report.summary(self)
+        return report.summary(self.snapshot(CpuMeter()))

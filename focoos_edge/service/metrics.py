@@ -1,8 +1,9 @@
-"""Optional Prometheus endpoint: the daemon's stats message as text exposition format 0.0.4.
+"""Optional Prometheus endpoint: the daemon's snapshot as text exposition format 0.0.4.
 
-:func:`render` is pure: it maps the dict of :meth:`focoos_edge.service.daemon.Daemon.stats` to metric
-families named ``focoos_edge_*`` (counters end in ``_total``; camera, reason, queue and state
-are labels). :class:`MetricsServer` serves ``GET /metrics`` from a standard-library HTTP server in
+:func:`render` is pure: it maps the :class:`~focoos_edge.service.stats.DaemonSnapshot` that the stats
+message is made from as well (:meth:`focoos_edge.service.daemon.Daemon.snapshot`) to metric families
+named ``focoos_edge_*`` (counters end in ``_total``; camera, reason, queue and state are labels), so
+both show the same figures. :class:`MetricsServer` serves ``GET /metrics`` from a standard-library HTTP server in
 a thread; it is meant for a loopback address (no authentication, no TLS).
 """
 
@@ -14,6 +15,10 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from focoos_edge.delivery import PublisherSnapshot, SpoolSnapshot
+from focoos_edge.inference import UplinkSnapshot
+from focoos_edge.service.stats import CameraStats, DaemonSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -47,95 +52,96 @@ class _Families:
         return iter(self._families.values())
 
 
-def render(stats: Mapping) -> str:
-    """The stats message as Prometheus text format 0.0.4 (HELP and TYPE line for every family)."""
+def render(snap: DaemonSnapshot) -> str:
+    """The daemon's snapshot as Prometheus text format 0.0.4 (HELP and TYPE line for every family)."""
     fams = _Families()
-    fams.add("info", "gauge", "Always 1; the device_id label names the box.", 1, device_id=str(stats["device_id"]))
-    fams.add("uptime_seconds", "gauge", "Seconds since the daemon started.", stats["uptime_s"])
+    fams.add("info", "gauge", "Always 1; the device_id label names the box.", 1, device_id=snap.device_id)
+    fams.add("uptime_seconds", "gauge", "Seconds since the daemon started.", snap.uptime_s)
     fams.add("cpu_percent", "gauge", "Process CPU use in percent of one core since the previous stats reading.",
-             stats["cpu_percent"])
-    fams.add("resident_memory_bytes", "gauge", "Resident set size of the process.", stats["rss_bytes"])
-    _inference(fams, stats["inference"])
-    _mqtt(fams, stats["mqtt"])
-    _spool(fams, stats["spool"])
-    for camera, cam in sorted(stats["cameras"].items()):
+             snap.cpu_percent)
+    fams.add("resident_memory_bytes", "gauge", "Resident set size of the process.", snap.rss_bytes)
+    _inference(fams, snap.uplink)
+    _mqtt(fams, snap.publisher)
+    _spool(fams, snap.spool)
+    for camera, cam in sorted(snap.cameras.items()):
         _camera(fams, camera, cam)
-    for thread, count in sorted(stats.get("thread_restarts", {}).items()):
+    for thread, count in sorted(snap.thread_restarts.items()):
         fams.add("thread_restarts_total", "counter", "Loops restarted after an unexpected error, by thread.",
-                 count, thread=str(thread))
+                 count, thread=thread)
     return "".join(_format(family) for family in fams)
 
 
-def _inference(fams: _Families, inf: Mapping) -> None:
+def _inference(fams: _Families, up: UplinkSnapshot) -> None:
     fams.add("inference_state", "gauge", "1 for the current state of the inference endpoint (ok, auth_failed, ...).",
-             1, state=str(inf["state"]))
-    fams.add("live_queue_frames", "gauge", "Frames waiting in memory for an uplink slot.", inf["queue_depth"])
-    fams.add("inference_in_flight", "gauge", "Inference requests in flight.", inf["in_flight"])
+             1, state=up.state)
+    fams.add("live_queue_frames", "gauge", "Frames waiting in memory for an uplink slot.", up.queue_depth)
+    fams.add("inference_in_flight", "gauge", "Inference requests in flight.", up.busy)
 
 
-def _mqtt(fams: _Families, mqtt: Mapping) -> None:
-    fams.add("mqtt_connected", "gauge", "1 while connected to the broker.", bool(mqtt["connected"]))
-    for key, help_text in (("sent", "MQTT messages handed to the client library."),
-                           ("acked", "MQTT messages acknowledged by the broker (QoS 1/2)."),
-                           ("resent", "Outbox messages sent again after a reconnect."),
-                           ("dropped", "MQTT messages dropped because the client queue was full.")):
-        fams.add(f"mqtt_messages_{key}_total", "counter", help_text, mqtt[key])
+def _mqtt(fams: _Families, pub: PublisherSnapshot) -> None:
+    fams.add("mqtt_connected", "gauge", "1 while connected to the broker.", pub.connected)
+    for key, value, help_text in (
+            ("sent", pub.sent, "MQTT messages handed to the client library."),
+            ("acked", pub.acked, "MQTT messages acknowledged by the broker (QoS 1/2)."),
+            ("resent", pub.resent, "Outbox messages sent again after a reconnect."),
+            ("dropped", pub.dropped_queue_full, "MQTT messages dropped because the client queue was full.")):
+        fams.add(f"mqtt_messages_{key}_total", "counter", help_text, value)
 
 
-def _spool(fams: _Families, spool: Mapping) -> None:
-    for queue in ("frames", "outbox"):
-        q = spool[queue]
+def _spool(fams: _Families, spool: SpoolSnapshot) -> None:
+    for queue, q in (("frames", spool.frames), ("outbox", spool.outbox)):
         fams.add("spool_items", "gauge", "Items waiting on disk (frames for inference, messages for MQTT).",
-                 q["count"], queue=queue)
-        fams.add("spool_bytes", "gauge", "Bytes of the items waiting on disk.", q["bytes"], queue=queue)
+                 q.count, queue=queue)
+        fams.add("spool_bytes", "gauge", "Bytes of the items waiting on disk.", q.bytes, queue=queue)
         fams.add("spool_oldest_age_seconds", "gauge", "Age of the oldest item waiting on disk (absent when empty).",
-                 q["oldest_age_s"], queue=queue)
-    fams.add("spool_disk_bytes", "gauge", "Bytes the spool's files take on disk.", spool["disk_bytes"])
-    fams.add("spool_max_bytes", "gauge", "The spool's disk budget (spool.max_bytes).", spool["max_bytes"])
-    fams.add("spool_disk_full", "gauge", "1 while the disk refuses writes to the spool.", bool(spool["disk_full"]))
+                 q.oldest_age_s, queue=queue)
+    fams.add("spool_disk_bytes", "gauge", "Bytes the spool's files take on disk.", spool.disk_bytes)
+    fams.add("spool_max_bytes", "gauge", "The spool's disk budget (spool.max_bytes).", spool.max_bytes)
+    fams.add("spool_disk_full", "gauge", "1 while the disk refuses writes to the spool.", spool.disk_full)
 
 
-_CAMERA_COUNTERS = (
-    ("grabbed", "camera_frames_grabbed_total", "Frames grabbed from the camera (since its worker started)."),
-    ("sampled", "camera_frames_sampled_total", "Frames sampled for inference (since its worker started)."),
-    ("reconnects", "camera_reconnects_total", "Camera reopen attempts (since its worker started)."),
-    ("uploaded", "frames_uploaded_total", "Frames sent to the inference API."),
-    ("bytes_uploaded", "uploaded_bytes_total", "JPEG bytes sent to the inference API."),
-    ("results", "inference_results_total", "Inference results received."),
-    ("spooled", "frames_spooled_total", "Frames written to the on-disk spool."),
-    ("produced", "frames_produced_total", "Frames sampled this run plus those recovered from the spool."),
-    ("delivered", "frames_delivered_total", "Results of frames acknowledged by the broker."),
-    ("evicted", "frames_evicted_total", "Frames or messages evicted from the spool (age or size)."),
-    ("dead_lettered", "frames_dead_lettered_total", "Frames given up after repeated failures."),
+_CAMERA_COUNTERS: tuple[tuple[str, str, Callable[[CameraStats], int]], ...] = (
+    ("camera_frames_grabbed_total", "Frames grabbed from the camera (since its worker started).",
+     lambda c: c.capture.grabbed),
+    ("camera_frames_sampled_total", "Frames sampled for inference (since its worker started).",
+     lambda c: c.capture.sampled),
+    ("camera_reconnects_total", "Camera reopen attempts (since its worker started).", lambda c: c.capture.reconnects),
+    ("frames_uploaded_total", "Frames sent to the inference API.", lambda c: c.uplink.uploaded),
+    ("uploaded_bytes_total", "JPEG bytes sent to the inference API.", lambda c: c.uplink.bytes_uploaded),
+    ("inference_results_total", "Inference results received.", lambda c: c.uplink.results),
+    ("frames_spooled_total", "Frames written to the on-disk spool.", lambda c: c.uplink.spooled),
+    ("frames_produced_total", "Frames sampled this run plus those recovered from the spool.",
+     lambda c: c.account.produced),
+    ("frames_delivered_total", "Results of frames acknowledged by the broker.", lambda c: c.account.delivered),
+    ("frames_evicted_total", "Frames or messages evicted from the spool (age or size).", lambda c: c.account.evicted),
+    ("frames_dead_lettered_total", "Frames given up after repeated failures.", lambda c: c.account.dead_lettered),
 )
-_CAMERA_REASONS = (
-    ("errors", "inference_errors_total", "Inference errors by reason."),
-    ("evicted_by_reason", "spool_evictions_total", "Spool evictions by reason."),
-    ("dead_lettered_by_reason", "dead_letters_total", "Frames given up, by reason."),
-    ("clamped_by_reason", "reply_clamps_total", "Reply values fixed or dropped by a ceiling, by reason."),
+_CAMERA_REASONS: tuple[tuple[str, str, Callable[[CameraStats], Mapping[str, int]]], ...] = (
+    ("inference_errors_total", "Inference errors by reason.", lambda c: c.errors),
+    ("spool_evictions_total", "Spool evictions by reason.", lambda c: c.evicted_by_reason),
+    ("dead_letters_total", "Frames given up, by reason.", lambda c: c.dead_lettered_by_reason),
+    ("reply_clamps_total", "Reply values fixed or dropped by a ceiling, by reason.", lambda c: c.clamped_by_reason),
 )
 
 
-def _camera(fams: _Families, camera: str, cam: Mapping) -> None:
+def _camera(fams: _Families, camera: str, cam: CameraStats) -> None:
     fams.add("camera_state", "gauge", "1 for the current state of the camera (streaming, reconnecting, ...).",
-             1, camera=camera, state=str(cam["state"]))
-    fams.add("camera_fps", "gauge", "Frames per second grabbed from the camera.", cam["fps"], camera=camera)
-    for key, name, help_text in _CAMERA_COUNTERS:
-        fams.add(name, "counter", help_text, cam[key], camera=camera)
+             1, camera=camera, state=cam.capture.state)
+    fams.add("camera_fps", "gauge", "Frames per second grabbed from the camera.", cam.capture.fps, camera=camera)
+    for name, help_text, figure in _CAMERA_COUNTERS:
+        fams.add(name, "counter", help_text, figure(cam), camera=camera)
     fams.add("frames_pending", "gauge", "Frames or messages of the camera anywhere in the pipeline now.",
-             cam["pending"], camera=camera)
-    for key, name, help_text in _CAMERA_REASONS:
-        for reason, count in sorted(cam.get(key, {}).items()):
-            fams.add(name, "counter", help_text, count, camera=camera, reason=str(reason))
-    if "detect" in cam:  # v1.1
-        fams.add("camera_detect_on", "gauge", "1 while the camera's detect switch is ON (mqtt.control).",
-                 cam["detect"] == "ON", camera=camera)
-        fams.add("frames_skipped_paused_total", "counter", "Sampled ticks dropped while detect was OFF.",
-                 cam.get("skipped_paused", 0), camera=camera)
-    fams.add("events_open", "gauge", "Events (tracked objects) open now.", cam.get("events", {}).get("open"),
+             cam.account.pending, camera=camera)
+    for name, help_text, by_reason in _CAMERA_REASONS:
+        for reason, count in sorted(by_reason(cam).items()):
+            fams.add(name, "counter", help_text, count, camera=camera, reason=reason)
+    fams.add("camera_detect_on", "gauge", "1 while the camera's detect switch is ON (mqtt.control).",
+             cam.detect == "ON", camera=camera)
+    fams.add("frames_skipped_paused_total", "counter", "Sampled ticks dropped while detect was OFF.",
+             cam.capture.skipped_paused, camera=camera)
+    fams.add("events_open", "gauge", "Events (tracked objects) open now.", cam.events.open if cam.events else None,
              camera=camera)
-    for quantile, key in (("0.5", "p50"), ("0.95", "p95")):
-        ms = cam["inference_ms"][key]
+    for quantile, ms in (("0.5", cam.inference_ms_p50), ("0.95", cam.inference_ms_p95)):
         fams.add("inference_latency_seconds", "gauge", "Inference round trip, recent quantiles.",
                  None if ms is None else round(ms / 1000, 6), camera=camera, quantile=quantile)
 
@@ -169,16 +175,16 @@ def _number(value: float) -> str:
 
 
 class MetricsServer:
-    """Serves ``GET /metrics`` with :func:`render` of ``get_stats()``; anything else is 404/405.
+    """Serves ``GET /metrics`` with :func:`render` of ``get_snapshot()``; anything else is 404/405.
 
     ``port`` 0 picks a free port; :attr:`port` tells which once started.
     """
 
-    def __init__(self, host: str, port: int, get_stats: Callable[[], Mapping],
+    def __init__(self, host: str, port: int, get_snapshot: Callable[[], DaemonSnapshot],
                  get_stuck: Callable[[], list[str]] = list):
         self.host = host
         self._requested_port = port
-        self._get_stats = get_stats
+        self._get_snapshot = get_snapshot
         self._get_stuck = get_stuck
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -190,7 +196,7 @@ class MetricsServer:
 
     def start(self) -> MetricsServer:
         """Bind (OSError if the address is taken) and serve in a daemon thread."""
-        handler = type("MetricsHandler", (_Handler,), {"get_stats": staticmethod(self._get_stats),
+        handler = type("MetricsHandler", (_Handler,), {"get_snapshot": staticmethod(self._get_snapshot),
                                                        "get_stuck": staticmethod(self._get_stuck)})
         self._httpd = ThreadingHTTPServer((self.host, self._requested_port), handler)
         self._httpd.daemon_threads = True
@@ -212,7 +218,7 @@ class MetricsServer:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    get_stats: Callable[[], Mapping]
+    get_snapshot: Callable[[], DaemonSnapshot]
     get_stuck: Callable[[], list[str]]
     timeout = 10  # seconds a client may take to send its request: a stuck scraper holds no thread long
 
@@ -224,9 +230,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(404, b"not found: the metrics are at /metrics\n")
             return
         try:
-            body = render(self.get_stats()).encode()
+            body = render(self.get_snapshot()).encode()
         except Exception:  # a bug in a figure must not kill the endpoint; the log keeps the trace
-            log.exception("metrics: rendering the stats failed")
+            log.exception("metrics: rendering the snapshot failed")
             self._reply(500, b"internal error\n")
             return
         self._reply(200, body, CONTENT_TYPE)

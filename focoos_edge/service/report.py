@@ -1,116 +1,71 @@
-"""The stats message, the status line and the shutdown summary, read from the running stages.
+"""The stats message, the status line and the shutdown summary: pure functions of one
+`DaemonSnapshot` (service/stats.py), which the daemon assembles from each stage's own snapshot.
 
-Each figure comes from the component that owns it (camera workers, uplink, results stage, spool,
-publisher, control); `accounting()` (service/stats.py) checks the identity per camera.
+The stats message is a public contract: docs/mqtt.md documents it, delivery/schemas/stats.json
+validates it; its keys and their order stay as they are.
 """
 
 from __future__ import annotations
 
-import time
-from collections import Counter
-from typing import TYPE_CHECKING
+from dataclasses import asdict
 
-from focoos_edge.delivery import iso_utc
-from focoos_edge.service.stats import CpuMeter, accounting, percentile, rss_bytes
-
-if TYPE_CHECKING:
-    from focoos_edge.service.daemon import Daemon
+from focoos_edge.delivery import PublisherSnapshot, SpoolSnapshot, iso_utc
+from focoos_edge.service.stats import REMOVED, CameraStats, DaemonSnapshot
 
 
-def frames_only(per_camera: dict) -> dict:
-    """Drop the outbox's event streams (`camera/events`): the accounting follows frames, one
-    detections message each."""
-    return {camera: v for camera, v in per_camera.items() if "/" not in camera}
-
-
-def camera_accounting(d: Daemon) -> dict[str, dict[str, int]]:
-    """Per camera: produced = delivered + pending + evicted + dead_lettered (exact when idle)."""
-    sampled = Counter(d.retired_sampled)
-    for name, w in d.workers.items():
-        sampled[name] += w.counters.sampled
-    waiting: Counter = Counter(d.uplink.in_flight_snapshot()) + Counter(d.results.held())
-    for camera, n in frames_only(d.spool.pending()).items():
-        waiting[camera] += n["frames"] + n["outbox"]
-    for camera in sampled:
-        waiting[camera] += d.queue.count(camera)
-    # dict() copies are taken in one step under the GIL: other threads may add cameras meanwhile.
-    return accounting(
-        sampled=sampled, recovered=d.recovered, delivered=frames_only(dict(d.publisher.delivered)),
-        waiting=waiting, evicted={k: n for k, n in dict(d.spool.evicted).items() if "/" not in k[0]},
-        dead_lettered=dead_lettered_total(d))
-
-def dead_lettered_total(d: Daemon) -> Counter:
-    """Per camera: frames the uplink gave up on and results the results stage could not store."""
-    total: Counter = Counter()
-    for camera, counters in dict(d.uplink.counters).items():
-        total[camera] += sum(dict(counters.dead_lettered).values())
-    for camera, reasons in d.results.dead_lettered().items():
-        total[camera] += sum(reasons.values())
-    return total
-
-def camera_stats(d: Daemon, camera: str, account: dict) -> dict:
-    w = d.workers.get(camera)
-    up = d.uplink.counters[camera]
-    evicted = {reason: n for (c, reason), n in dict(d.spool.evicted).items() if c == camera}
-    hour = up.last_hour.last_hour()
+def stats_message(s: DaemonSnapshot) -> dict:
+    """The stats message: per camera and process-wide figures."""
+    up = s.uplink
     return {
-        "state": w.state if w else "removed", "fps": round(w.fps(), 2) if w else 0.0,
-        "grabbed": w.counters.grabbed if w else 0, "sampled": w.counters.sampled if w else 0,
-        "reconnects": w.counters.reconnects if w else 0,
-        "grab_failures": w.counters.grab_failures if w else 0,
-        "open_failures": w.counters.open_failures if w else 0,
+        "v": 1, "device_id": s.device_id, "at": iso_utc(s.at_s), "uptime_s": s.uptime_s,
+        "cpu_percent": s.cpu_percent, "rss_bytes": s.rss_bytes,
+        "inference": {"state": up.state, "queue_depth": up.queue_depth, "in_flight": up.busy},
+        "mqtt": _mqtt(s.publisher),
+        "spool": _spool(s.spool),
+        "cameras": {camera: _camera(c) for camera, c in s.cameras.items()},
+        **({"thread_restarts": dict(s.thread_restarts)} if s.thread_restarts else {}),
+        **({"quota": up.quota.as_stats()} if up.quota else {}),  # whenever the account endpoint answered (v1.1)
+    }
+
+
+def _mqtt(p: PublisherSnapshot) -> dict:
+    return {"connected": p.connected, "sent": p.sent, "acked": p.acked, "resent": p.resent,
+            "dropped": p.dropped_queue_full, "connects": p.connects, "connect_failures": p.connect_failures}
+
+
+def _spool(sp: SpoolSnapshot) -> dict:
+    return {"frames": asdict(sp.frames), "outbox": asdict(sp.outbox), "disk_bytes": sp.disk_bytes,
+            "max_bytes": sp.max_bytes, "disk_full": sp.disk_full}
+
+
+def _camera(c: CameraStats) -> dict:
+    cap, up = c.capture, c.uplink
+    return {
+        "state": cap.state, "fps": cap.fps, "grabbed": cap.grabbed, "sampled": cap.sampled,
+        "reconnects": cap.reconnects, "grab_failures": cap.grab_failures, "open_failures": cap.open_failures,
         "uploaded": up.uploaded, "bytes_uploaded": up.bytes_uploaded, "results": up.results,
-        "inferences_last_hour": hour[0], "bytes_uploaded_last_hour": hour[1],
-        "skipped_static": w.counters.skipped_static if w else 0,
-        "skipped_budget": w.counters.skipped_budget if w else 0,
-        "skipped_paused": w.counters.skipped_paused if w else 0, "detect": d.control.state(camera),
-        "spooled": up.spooled, "evicted_by_reason": evicted,
-        "errors": dict(Counter(up.errors) + Counter(d.results.errors(camera))),
-        "dead_lettered_by_reason": dict(Counter(up.dead_lettered)
-                                        + Counter(d.results.dead_lettered().get(camera, {}))),
-        "clamped_by_reason": {**up.clamped, **({"count_label_cap": n} if (n := d.features.labels_dropped(camera))
-                                               else {})},
-        "inference_ms": {"p50": percentile(up.round_trips_ms, 0.5),
-                         "p95": percentile(up.round_trips_ms, 0.95)},
-        "events": d.results.stats(camera),
-        **account,
+        "inferences_last_hour": up.inferences_last_hour, "bytes_uploaded_last_hour": up.bytes_uploaded_last_hour,
+        "skipped_static": cap.skipped_static, "skipped_budget": cap.skipped_budget,
+        "skipped_paused": cap.skipped_paused, "detect": c.detect,
+        "spooled": up.spooled, "evicted_by_reason": dict(c.evicted_by_reason), "errors": dict(c.errors),
+        "dead_lettered_by_reason": dict(c.dead_lettered_by_reason), "clamped_by_reason": dict(c.clamped_by_reason),
+        "inference_ms": {"p50": c.inference_ms_p50, "p95": c.inference_ms_p95},
+        "events": asdict(c.events) if c.events else {},
+        **asdict(c.account),
     }
 
-def stats(d: Daemon, cpu: CpuMeter | None = None) -> dict:
-    """The stats message: per camera and process-wide figures (CPU since `cpu`'s last reading)."""
-    pc = d.publisher.counters
-    return {
-        "v": 1, "device_id": d.config.device_id, "at": iso_utc(time.time()),
-        "uptime_s": round(time.monotonic() - d.started_mono, 1),
-        "cpu_percent": (cpu or d.cpu).percent(), "rss_bytes": rss_bytes(),
-        "inference": {"state": d.health.state, "queue_depth": len(d.queue),
-                      "in_flight": d.uplink.busy},
-        "mqtt": {"connected": d.publisher.connected.is_set(), "sent": pc.sent, "acked": pc.acked,
-                 "resent": pc.resent, "dropped": pc.dropped_queue_full,
-                 "connects": pc.connects, "connect_failures": pc.connect_failures},
-        "spool": d.spool.stats(),
-        "cameras": {cam: camera_stats(d, cam, acc) for cam, acc in camera_accounting(d).items()},
-        **({"thread_restarts": restarts} if (restarts := d.restarts()) else {}),
-        **quota_stats(d),
-    }
 
-def quota_stats(d: Daemon) -> dict:
-    """`quota` whenever the account endpoint answered (v1.1)."""
-    last = d.uplink.quota.last if d.uplink.quota else None
-    return {"quota": last.as_stats()} if last else {}
-
-def status_line(d: Daemon) -> str:
+def status_line(s: DaemonSnapshot) -> str:
     """One short line for `systemctl status`."""
-    streaming = sum(w.state == "streaming" for w in d.workers.values())
-    delivered = sum(d.publisher.delivered.values())
-    return (f"{streaming}/{len(d.workers)} cameras streaming, inference {d.health.state}, "
-            f"{delivered} results delivered, backlog {len(d.queue)} live + "
-            f"{d.spool.stats()['frames']['count']} spooled, mqtt "
-            f"{'connected' if d.publisher.connected.is_set() else 'disconnected'}")
+    running = [c.capture.state for c in s.cameras.values() if c.capture.state != REMOVED]
+    return (f"{running.count('streaming')}/{len(running)} cameras streaming, inference {s.uplink.state}, "
+            f"{sum(s.publisher.delivered.values())} results delivered, backlog {s.uplink.queue_depth} live + "
+            f"{s.spool.frames.count} spooled, mqtt {'connected' if s.publisher.connected else 'disconnected'}")
 
-def summary(d: Daemon) -> str:
+
+def summary(s: DaemonSnapshot) -> str:
     """One line for people, per camera: the accounting identity's terms."""
     return "; ".join(
-        f"{cam}: produced {a['produced']}, delivered {a['delivered']}, pending {a['pending']}, "
-        f"evicted {a['evicted']}, dead-lettered {a['dead_lettered']}"
-        for cam, a in camera_accounting(d).items()) or "no cameras"
+        f"{camera}: produced {a.produced}, delivered {a.delivered}, pending {a.pending}, "
+        f"evicted {a.evicted}, dead-lettered {a.dead_lettered}"
+        for camera, a in ((camera, c.account) for camera, c in s.cameras.items())) or "no cameras"

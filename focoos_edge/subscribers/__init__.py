@@ -2,9 +2,10 @@
 (masks and keypoints drawn), Home Assistant discovery (one device per camera)."""
 
 from focoos_edge.subscribers.features import (
+    FeaturesSnapshot,
     SubscriberFeatures,
 )
 
 __all__ = [
-    "SubscriberFeatures",
+    "FeaturesSnapshot", "SubscriberFeatures",
 ]

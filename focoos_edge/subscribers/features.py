@@ -8,7 +8,8 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from focoos_edge import __version__
 from focoos_edge.capture import FrameJob
@@ -27,6 +28,13 @@ from focoos_edge.subscribers.homeassistant import (
 )
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FeaturesSnapshot:
+    """What the subscriber features count (`SubscriberFeatures.snapshot`)."""
+
+    labels_dropped: Mapping[str, int]  # per camera with counts on: detections whose label came after the cap
 
 
 class SubscriberFeatures:
@@ -75,11 +83,10 @@ class SubscriberFeatures:
         if due:
             self.publish_snapshot(job, kept, snapshot_topic(self.topics.base, job.camera))
 
-    def labels_dropped(self, camera: str) -> int:
-        """Detections of `camera` not counted: their label came after the per-camera cap."""
+    def snapshot(self) -> FeaturesSnapshot:
+        """The count trackers' figures, read under the lock they are updated under."""
         with self._lock:
-            tracker = self._counts.get(camera)
-            return tracker.labels_dropped if tracker else 0
+            return FeaturesSnapshot({camera: t.labels_dropped for camera, t in self._counts.items()})
 
     def _publish_counts(self, changes: list[tuple[str, int]]) -> None:
         for topic, count in changes:
