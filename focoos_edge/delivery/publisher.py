@@ -259,10 +259,10 @@ class Publisher:
         with self._lock:
             retained = list(self._retained.items())
             subscriptions = list(self._subscriptions)
+        for topic in subscriptions:  # before the states: a command answering a state is not missed
+            client.subscribe(topic, qos=1)
         for topic, body in retained:
             client.publish(topic, body, qos=1, retain=True)
-        for topic in subscriptions:
-            client.subscribe(topic, qos=1)
         self._wake.set()  # the outbox pump resends at once, not at its next half-second tick
 
     def _on_connect_fail(self, client, userdata) -> None:

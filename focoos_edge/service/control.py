@@ -113,9 +113,11 @@ class DetectControl:
             self._cameras = names
         if not self.enabled:
             return
+        # Subscribed first: a client that answers the state at once (ON seen, OFF sent) must find the
+        # subscription in place; the broker handles one client's packets in order.
+        self.publisher.subscribe(f"{self.topics.base}/+/detect/set", self.on_message)
         for camera in sorted(names):
             self._publish_state(camera)
-        self.publisher.subscribe(f"{self.topics.base}/+/detect/set", self.on_message)
 
     def topics_state(self, camera: str) -> str:
         return f"{self.topics.base}/{camera}/detect/state"
