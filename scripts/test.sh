@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Sets up everything the tests need, then lints, type-checks and runs them:
 #   scripts/test.sh [pytest args...]
+# With no test selection in the arguments (options such as -q -ra -x only), the platform tests
+# (the systemd VM, the container image, arm64 under emulation: about 11 of the suite's minutes,
+# mostly qemu and buildah) run in a second pytest beside the others, and a last line adds both up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --test
@@ -8,4 +11,32 @@ echo "test: ruff (pyproject.toml [tool.ruff])"
 .venv/bin/ruff check focoos_edge tests scripts
 echo "test: mypy (pyproject.toml [tool.mypy])"
 .venv/bin/mypy
-exec .venv/bin/python -m pytest "$@"
+
+PLATFORM=(tests/test_vm_systemd.py tests/test_container.py tests/test_arm64.py)
+selects=0
+for arg in "$@"; do
+  case "$arg" in
+    -k|-m|--deselect|--ignore|--lf|--ff|--sw|tests*|*.py*|*::*) selects=1 ;;
+  esac
+done
+if [ "$selects" = 1 ]; then
+  exec .venv/bin/python -m pytest "$@"
+fi
+
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+echo "test: ${PLATFORM[*]} run beside the rest (output at the end)"
+.venv/bin/python -m pytest "$@" --basetemp="$out/tmp-platform" --junitxml="$out/platform.xml" \
+  "${PLATFORM[@]}" >"$out/platform.log" 2>&1 &
+platform_pid=$!
+ignores=()
+for f in "${PLATFORM[@]}"; do ignores+=("--ignore=$f"); done
+rc=0
+.venv/bin/python -m pytest "$@" --basetemp="$out/tmp-rest" --junitxml="$out/rest.xml" "${ignores[@]}" || rc=$?
+platform_rc=0
+wait "$platform_pid" || platform_rc=$?
+echo "test: the platform tests (${PLATFORM[*]}):"
+cat "$out/platform.log"
+.venv/bin/python scripts/junit_total.py "$out/rest.xml" "$out/platform.xml"
+[ "$rc" = 0 ] && rc=$platform_rc
+exit "$rc"
