@@ -26,7 +26,7 @@ import urllib3.exceptions
 from urllib3.util.retry import Retry
 
 from focoos_edge import __version__
-from focoos_edge.inference.deadline import Deadline, DeadlineAdapter
+from focoos_edge.inference.deadline import Deadline, DeadlineAdapter, DeadlineWatch
 from focoos_edge.inference.errors import (
     AuthError,
     FocoosError,
@@ -84,6 +84,7 @@ class FocoosClient:
         self._timeout_s = float(timeout_s)
         self._connect_timeout_s = float(connect_timeout_s or min(timeout_s, 5.0))
         self._session = _make_session(key, user_agent, pool_size, api_url)
+        self._deadlines = DeadlineWatch()
 
     def __repr__(self) -> str:
         return f"FocoosClient({self._peer})"
@@ -95,8 +96,9 @@ class FocoosClient:
         self.close()
 
     def close(self) -> None:
-        """Close the pooled connections."""
+        """Close the pooled connections and stop the deadline thread."""
         self._session.close()
+        self._deadlines.close()
 
     def model_info(self, model_ref: str) -> ModelInfo:
         """``GET models/{ref}``; raises a :class:`FocoosError` subclass on any failure."""
@@ -132,7 +134,7 @@ class FocoosClient:
         """The one boundary where requests/urllib3 exceptions become typed errors."""
         started = time.monotonic()
         # timeout_s bounds the whole exchange, connect to last byte (a trickled status line too).
-        deadline = Deadline(self._timeout_s)
+        deadline = Deadline(self._timeout_s, self._deadlines)
         try:
             with deadline:
                 # Redirects are refused: requests would resend X-API-Key to whatever host a 30x names.
