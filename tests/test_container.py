@@ -145,7 +145,9 @@ cameras:
     healthcheck = shlex.join(image["Docker"]["config"]["Healthcheck"]["Test"][1:])  # the image's own
     script = f"""set -e
 python3 -c 'from focoos_edge.tools.demo import make_clip; make_clip("/tmp/clip.mp4")'
-FOCOOS_LOCAL_API_KEY=fk-container-secret-1234 focoos-edge local-server --port {hub_port} 2>/tmp/server.log &
+FOCOOS_LOCAL_API_KEY=fk-container-secret-1234 focoos-edge local-server --port {hub_port} 2>/tmp/server.log & server=$!
+# chroot isolation has no PID namespace: whatever is left running outlives buildah run.
+trap 'kill $server 2>/dev/null || true' EXIT
 focoos-edge run -c /config/config.yaml 2>/tmp/daemon.log & daemon=$!
 for i in $(seq 120); do
   if FOCOOS_EDGE_METRICS_PORT={metrics_port} {healthcheck}; then echo healthy; break; fi
@@ -161,3 +163,5 @@ tail -n 20 /tmp/daemon.log /tmp/server.log
     assert "healthy" in done.stdout.splitlines() and "daemon exit 0" in done.stdout, out[-3000:]
     assert "spool.db" in done.stdout and " 10001 " in done.stdout  # /data written by the non-root user
     assert "fk-container-secret-1234" not in out
+    left = subprocess.run(["pgrep", "-f", f"local-server --port {hub_port}"], capture_output=True, text=True)
+    assert left.returncode == 1, f"the image's local server outlived the test: pid {left.stdout}"
