@@ -161,7 +161,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_reload(args) -> int:
-    from focoos_edge.service import request_reload
+    from focoos_edge.common import request_reload  # the standard library only: quick even in a slow VM
 
     try:
         return request_reload(args.pid, args.timeout)

@@ -553,6 +553,30 @@ def test_help_does_not_load_opencv_numpy_or_paho():
     assert out.stdout.strip() == "[]"
 
 
+def test_reload_loads_nothing_of_the_daemon_and_answers_from_the_file(tmp_path):
+    """`focoos-edge reload` (the unit's ExecReload) imports the standard library only: in the systemd
+    VM under emulation the daemon's imports took long enough for systemd to kill the reload job.
+    Here it signals a real process and reads the answer that process writes."""
+    answer = tmp_path / "reload"
+    waiter = subprocess.Popen([sys.executable, "-c",
+                               "import signal, sys, pathlib\n"
+                               "signal.signal(signal.SIGHUP, lambda *a: (pathlib.Path(sys.argv[1]).write_text("
+                               "'1 refused\\n'), sys.exit(0)))\nprint('ready', flush=True)\nsignal.pause()",
+                               str(answer)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert waiter.stdout is not None and waiter.stdout.readline().strip() == "ready"
+        code = ("import sys\nfrom focoos_edge.cli import main\nrc = main(['reload', '--pid', sys.argv[1], "
+                "'--timeout', '30'])\nprint(rc, sorted(m for m in ('cv2', 'numpy', 'paho', 'requests', 'pydantic', "
+                "'yaml', 'focoos_edge.service') if m in sys.modules))")
+        out = subprocess.run([sys.executable, "-c", code, str(waiter.pid)], capture_output=True, text=True,
+                             timeout=60, env={**os.environ, "RUNTIME_DIRECTORY": str(tmp_path)})
+    finally:
+        waiter.kill()
+        waiter.wait(10)
+    assert out.stdout.strip() == "1 []", (out.stdout, out.stderr)
+    assert "refused" in out.stderr
+
+
 def test_the_probe_pictures_are_masked_and_cropped() -> None:
     """The probe's saved JPEG and its test upload carry the camera's privacy masks (and crop)."""
     from focoos_edge.capture.encode import JpegEncoder

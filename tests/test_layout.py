@@ -26,7 +26,7 @@ FACES: dict[str, set[str]] = {
     "common": {
         "Backoff", "Box", "HourlyRate", "Loop", "MASK", "RedactingFilter", "area", "contains", "iou",
         "package_for", "redact_text", "redact_url", "self_intersection", "tune_malloc", "url_secrets",
-        "visible_share",
+        "visible_share", "ReloadAnswers", "request_reload",
         "write_json",
     },
     "config": {
@@ -48,7 +48,7 @@ FACES: dict[str, set[str]] = {
         "EventFigures", "Results", "ResultsCameraSnapshot", "ResultsSnapshot",
     },
     "service": {
-        "Daemon", "StateDirError", "capture_settings", "mqtt_settings", "request_reload", "setup_logging",
+        "Daemon", "StateDirError", "capture_settings", "mqtt_settings", "setup_logging",
     },
     "subscribers": {
         "FeaturesSnapshot", "SubscriberFeatures",

@@ -1,5 +1,6 @@
-"""Small parts every stage uses: backoff delays, secret redaction, sliding-window rates. No I/O,
-no imports from the other packages."""
+"""Small parts every stage uses: backoff delays, secret redaction, sliding-window rates, the
+allocator's settings, the reload answer. The standard library only, no imports from the other
+packages: the CLI's light commands (reload) import nothing else."""
 
 from focoos_edge.common.atomic import (
     write_json,
@@ -34,10 +35,14 @@ from focoos_edge.common.redact import (
     redact_url,
     url_secrets,
 )
+from focoos_edge.common.reload import (
+    ReloadAnswers,
+    request_reload,
+)
 
 __all__ = [
-    "Backoff", "Box", "HourlyRate", "Loop", "MASK", "RedactingFilter", "area", "contains", "iou",
-    "package_for", "redact_text", "redact_url", "self_intersection", "tune_malloc", "url_secrets",
-    "visible_share",
+    "Backoff", "Box", "HourlyRate", "Loop", "MASK", "RedactingFilter", "ReloadAnswers", "area", "contains",
+    "iou", "package_for", "redact_text", "redact_url", "request_reload", "self_intersection", "tune_malloc",
+    "url_secrets", "visible_share",
     "write_json",
 ]

@@ -10,13 +10,10 @@ from focoos_edge.service.daemon import (
 from focoos_edge.service.logs import (
     setup_logging,
 )
-from focoos_edge.service.reloadctl import (
-    request_reload,
-)
 from focoos_edge.service.statedir import (
     StateDirError,
 )
 
 __all__ = [
-    "Daemon", "StateDirError", "capture_settings", "mqtt_settings", "request_reload", "setup_logging",
+    "Daemon", "StateDirError", "capture_settings", "mqtt_settings", "setup_logging",
 ]

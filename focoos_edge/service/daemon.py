@@ -9,7 +9,7 @@ from collections import Counter
 
 from focoos_edge import __version__
 from focoos_edge.capture import CameraWorker, CaptureSettings, ConversionBuffers, JpegEncoder, ModelImSize
-from focoos_edge.common import Loop
+from focoos_edge.common import Loop, ReloadAnswers
 from focoos_edge.config import Config, ConfigError, class_warnings, label_references, load_config
 from focoos_edge.delivery import (
     MqttSettings,
@@ -26,7 +26,6 @@ from focoos_edge.service import report
 from focoos_edge.service.control import DetectControl
 from focoos_edge.service.logs import set_level
 from focoos_edge.service.metrics import MetricsServer
-from focoos_edge.service.reloadctl import ReloadAnswers
 from focoos_edge.service.statedir import StateDirLock
 from focoos_edge.service.stats import CpuMeter, DaemonSnapshot, Parts, assemble, frames_only, rss_bytes
 from focoos_edge.service.systemd import Notifier

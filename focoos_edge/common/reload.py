@@ -3,6 +3,10 @@
 ExecReload runs ``focoos-edge reload --pid $MAINPID``: it sends SIGHUP and waits until the daemon
 writes its answer to ``$RUNTIME_DIRECTORY/reload`` (``"<count> applied|refused"``). A refused config
 makes the command, and so the reload job, fail, while the daemon keeps its running config.
+
+Both halves live here, in the standard library only: ``focoos-edge reload`` imports this and nothing
+of the daemon (OpenCV, numpy, pydantic...), which took a second on the build machine and, in the
+systemd VM under emulation, long enough for systemd to kill the reload job on a slow host.
 """
 
 from __future__ import annotations
