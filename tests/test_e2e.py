@@ -144,8 +144,8 @@ def test_camera_drop_and_resume(rtsp_server, local_server, mosquitto, mqtt_sub, 
     sub.wait_for(lambda m: m.topic == f"{TOPIC}/cam/detections", 30, "detections before the drop")
     pid = daemon.pid
 
+    mark = sub.count  # before the kill: the state can change (and arrive) before kill() returns
     camera.kill()
-    mark = sub.count
     sub.wait_for(state_is(state_topic, "reconnecting"), 30, "reconnecting after the drop", since=mark)
     camera.start()
     mark = sub.count
