@@ -16,7 +16,6 @@ Applied by ``focoos-edge run`` first, before the config's imports and before any
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
 from collections.abc import Mapping
@@ -49,10 +48,10 @@ def tune_malloc(env: Mapping[str, str] | None = None) -> dict[str, int]:
 
 
 def _mallopt():
-    name = ctypes.util.find_library("c")
+    # The process's own symbols: the C library it runs on, found without find_library's ldconfig
+    # subprocess at every start.
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError, TypeError):
         return None
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
